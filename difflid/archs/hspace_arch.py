@@ -1,0 +1,195 @@
+"""HSpaceExtractor: the frozen diffusion prior of DiffLI²D (Sec. 4.1-4.2, Fig. 3a).
+
+A [0, 1] image x is mapped to [-1, 1], noised to x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε for each requested
+timestep t (linear β schedule, T=1000), and sent through the frozen ADM UNet's encoder and middle
+block with the *integer* t. The middle-block output is the h-space feature (1024 channels at H/32 for
+``adm256_uncond``). All timesteps go through one batched encoder pass; the decoder is never built.
+
+Differences from the authors' release (``shared/reference/official_code.md`` §1.3): h is the
+middle-block output, not the UNet's final output; the UNet gets t, not ᾱ_t; noise is reproducible.
+"""
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags
+from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.utils.padding import pad_to_multiple
+
+__all__ = ['HSpaceExtractor', 'load_adm_checkpoint']
+
+logger = logging.getLogger('basicsr')
+
+ADM_CHECKPOINT_HELP = (
+    'Download 256x256_diffusion_uncond.pt (2.1 GB), the 256x256 unconditional ImageNet model listed in the '
+    'guided-diffusion README (https://github.com/openai/guided-diffusion; direct link '
+    'https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt), put it at '
+    'pretrained/256x256_diffusion_uncond.pt, or set the `checkpoint` key of the prior block '
+    '(`network_prior: checkpoint:` in the option file) to where it is.')
+
+_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+_MAX_LISTED = 5
+
+
+def _listing(keys: Sequence[str]) -> str:
+    shown = ', '.join(keys[:_MAX_LISTED])
+    return f'{shown}, ... ({len(keys)} in all)' if len(keys) > _MAX_LISTED else shown
+
+
+def load_adm_checkpoint(unet: ADMUNet, path: str | Path) -> None:
+    """Load a guided-diffusion state dict file into ``unet`` strictly, with errors that name the file.
+
+    An encoder-only ``unet`` ignores the decoder keys and checks all others (see ``ADMUNet.load_state_dict``).
+    Raises FileNotFoundError (what to download and where) or ValueError (first mismatching keys/shapes).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f'diffusion prior checkpoint not found: {path.resolve()}. {ADM_CHECKPOINT_HELP}')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # unpickling errors have many types; all mean "not a plain state dict"
+        raise ValueError(f'cannot read {path} as a PyTorch state dict ({type(err).__name__}: {err}). '
+                         f'{ADM_CHECKPOINT_HELP}') from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f'{path} is not a state dict of tensors (got {type(state).__name__}). {ADM_CHECKPOINT_HELP}')
+    state = {k.removeprefix('module.'): v for k, v in state.items()}
+    if unet.encoder_only:
+        state = {k: v for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
+    expected = unet.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f'{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})'
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f'missing from the file: {_listing(missing)}')
+        if unexpected:
+            problems.append(f'not in the model: {_listing(unexpected)}')
+        if shapes:
+            problems.append(f'shape mismatch: {_listing(shapes)}')
+        raise ValueError(
+            f'checkpoint {path} does not fit the configured ADM UNet: ' + '; '.join(problems) +
+            '. Check the UNet flags (class_cond, learn_sigma, num_channels, num_res_blocks, channel_mult, '
+            'attention_resolutions, resblock_updown) against those the checkpoint was trained with; '
+            'preset adm256_uncond matches 256x256_diffusion_uncond.pt.')
+    unet.load_state_dict(state, strict=True)
+
+
+@ARCH_REGISTRY.register()
+class HSpaceExtractor(nn.Module):
+    """Frozen diffusion UNet returning h-space features of an image at several timesteps.
+
+    Inputs whose H or W is not a multiple of the UNet's down-sampling factor (32 for both presets) are
+    reflect-padded at the bottom/right inside the extractor, so h has ceil(H/32) x ceil(W/32) positions.
+
+    Args:
+        unet: Preset name ('adm256_uncond', 'adm_tiny') or a dict of guided-diffusion flags, optionally
+            with ``preset`` to start from.
+        checkpoint: Path of the guided-diffusion state dict (e.g. pretrained/256x256_diffusion_uncond.pt).
+        timesteps: Integer timesteps in [0, num_diffusion_steps); paper: t1=0 (content), t2=500 (haze).
+        num_diffusion_steps: T of the linear β schedule.
+        beta_start: β_1 of the linear schedule (for T=1000).
+        beta_end: β_T of the linear schedule (for T=1000).
+        seed: Seed of the fixed noise: every image of a given size gets the same ε, so the same image
+            gives the same features on every call, in any batch position, on any device.
+        dtype: 'fp32', or 'bf16'/'fp16' autocast for the UNet (GroupNorm and softmax stay fp32).
+        encoder_only: Build only the encoder and middle block (all h-space needs).
+        random_weights: Allow ``checkpoint: ~``: random weights, for tests and demos only.
+        init_seed: Seed of those random weights, so every process and every run builds the same prior.
+    """
+
+    def __init__(
+        self,
+        unet: str | dict = 'adm256_uncond',
+        checkpoint: str | None = None,
+        timesteps: Sequence[int] = (0, 500),
+        num_diffusion_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        seed: int = 0,
+        dtype: str = 'fp32',
+        encoder_only: bool = True,
+        random_weights: bool = False,
+        init_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.timesteps = [self._check_timestep(t, num_diffusion_steps) for t in timesteps]
+        if not self.timesteps:
+            raise ValueError('HSpaceExtractor: timesteps is empty; give at least one, e.g. [0, 500]')
+        if dtype not in _DTYPES:
+            raise ValueError(f'HSpaceExtractor: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}')
+        if checkpoint is None and not random_weights:
+            raise ValueError(f'HSpaceExtractor: no checkpoint given. {ADM_CHECKPOINT_HELP} '
+                             '(For tests and demos only, `random_weights: true` builds a random prior.)')
+        self.seed = seed
+        self.dtype = _DTYPES[dtype]
+        flags = adm_flags(unet)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            self.unet = ADMUNet(**flags, encoder_only=encoder_only)
+        if checkpoint is None:
+            logger.warning('HSpaceExtractor: the diffusion prior has RANDOM weights (random_weights: true); '
+                           'its features carry no ImageNet knowledge, fine for tests and demos only.')
+        else:
+            load_adm_checkpoint(self.unet, checkpoint)
+            logger.info(f'HSpaceExtractor: loaded diffusion prior from {checkpoint}')
+        self.unet.requires_grad_(False)
+        self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps, beta_start, beta_end),
+                             persistent=False)
+        self.eval()
+
+    @staticmethod
+    def _check_timestep(t: int, num_steps: int) -> int:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < num_steps:
+            raise ValueError(f'HSpaceExtractor: timesteps must be integers in [0, {num_steps - 1}], got {t!r}')
+        return t
+
+    @property
+    def hspace_channels(self) -> int:
+        """C_h, the channel count of the features (1024 for adm256_uncond)."""
+        return self.unet.hspace_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial stride of the features (32 for both presets)."""
+        return self.unet.downsample_factor
+
+    def train(self, mode: bool = True) -> 'HSpaceExtractor':
+        """The prior stays in eval mode whatever its parent does (it is never trained)."""
+        return super().train(False)
+
+    def noise(self, shape: tuple[int, ...], batch: int, device: torch.device, fresh: bool) -> torch.Tensor:
+        """ε for every timestep and sample, (len(timesteps), batch, *shape)."""
+        n = len(self.timesteps)
+        if fresh:
+            return torch.randn(n, batch, *shape, device=device)
+        gen = torch.Generator().manual_seed(self.seed)
+        per_sample = torch.randn(n, 1, *shape, generator=gen)
+        return per_sample.expand(n, batch, *shape).to(device)
+
+    @torch.no_grad()
+    def forward(self, img: torch.Tensor, fresh_noise: bool = False) -> dict[int, torch.Tensor]:
+        """h-space features of ``img`` at every configured timestep.
+
+        Args:
+            img: (B, 3, H, W) images in [0, 1], any H and W.
+            fresh_noise: Draw ε from the global RNG (training) instead of the fixed seeded noise.
+
+        Returns:
+            {t: (B, C_h, ceil(H/32), ceil(W/32)) float32} in the order of ``timesteps``.
+        """
+        if img.ndim != 4:
+            raise ValueError(f'HSpaceExtractor expects (B, C, H, W) images, got shape {tuple(img.shape)}')
+        x0 = to_diffusion_range(pad_to_multiple(img.float(), self.downsample_factor))
+        b = x0.shape[0]
+        eps = self.noise(tuple(x0.shape[1:]), b, x0.device, fresh_noise)
+        t = torch.tensor(self.timesteps, device=x0.device).repeat_interleave(b)
+        x_t = q_sample(x0.repeat(len(self.timesteps), 1, 1, 1), t, eps.flatten(0, 1), self.alphas_cumprod)
+        with torch.autocast(x_t.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            h = self.unet.forward_hspace(x_t, t)
+        return dict(zip(self.timesteps, h.float().split(b), strict=True))

@@ -1,0 +1,1 @@
+"""Metrics: basicsr does not scan for metric files, so each module is imported here by name."""

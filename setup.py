@@ -1,0 +1,41 @@
+"""Install with `bash tools/install_env.sh` (creates .venv), or by hand:
+pip install -U setuptools wheel && pip install --no-build-isolation torch==2.14.1 torchvision==0.29.1 -e .
+(--no-build-isolation: basicsr 1.4.2 is an sdist that would otherwise build against a throw-away torch)."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version: dict = {}
+exec(Path('difflid/version.py').read_text(), version)
+
+setup(
+    name='difflid',
+    version=version['__version__'],
+    description='DiffLI2D (h-space guided image restoration) and DiffLoss as a BasicSR plugin',
+    long_description=Path('README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='MIT',
+    packages=find_packages(include=['difflid', 'difflid.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'torch>=2.1',
+        'torchvision>=0.16',
+        'basicsr==1.4.2',
+        'mmengine>=0.10',
+        'lmdb',
+        'opencv-python',
+        'lpips',
+        'pyyaml',
+        'timm',
+        'tensorboard',
+        'scikit-image',
+        'tqdm',
+    ],
+    # guided-diffusion-sdk packages OpenAI's guided-diffusion: the tests' numerical reference for ADMUNet.
+    extras_require={'dev': ['pytest', 'ruff', 'guided-diffusion-sdk==1.0.0']},
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'License :: OSI Approved :: MIT License',
+        'Topic :: Scientific/Engineering :: Image Processing',
+    ],
+)
