@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
-from tests.conftest import REPO_ROOT, free_port, write_pairs
+from tests.conftest import REPO_ROOT, write_pairs
 
 COMMON = """
 model_type: SRModel
@@ -97,14 +96,3 @@ def test_train_resume_and_test_from_any_working_directory(project):
     out = project / 'results' / 'smoke_test' / 'visualization' / 'toy_test'
     assert sorted(p.name for p in out.iterdir()) == [f'{i:03d}_smoke_test.png' for i in range(4)]
 
-
-@pytest.mark.slow
-def test_two_process_ddp_training_on_cpu(project):
-    launcher = ['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}']
-    _run(project, [str(project / 'tools/train.py'), '-opt', str(project / 'options/train.yml'),
-                   '--launcher', 'pytorch'], launcher)
-    exp = project / 'experiments' / 'smoke_train'
-    log = ''.join(p.read_text() for p in exp.glob('train_smoke_train_*.log'))
-    assert 'World size (gpu number): 2' in log
-    state = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)
-    assert not any(k.startswith('module.') for k in state['params'])  # DDP wrapper stripped on save

@@ -1,0 +1,131 @@
+"""SyntheticHazeDataset: hazy/clear pairs synthesised on first use from clear images, then read like
+basicsr's PairedImageDataset (crop, flip, rotation, folder or LMDB are all basicsr's).
+
+The default source is the photos that scikit-image ships, so the quickstart needs no download. Each
+clear image gives ``hazy_per_image`` hazy versions (random smooth depth, β and airlight per version);
+the clear image is written once per hazy version under the same name, so the two folders pair
+one-to-one as basicsr expects.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from basicsr.data.paired_image_dataset import PairedImageDataset
+from basicsr.utils.registry import DATASET_REGISTRY
+
+from difflid.data.haze_synthesis import random_smooth_depth, synthesize_haze
+
+__all__ = ['SyntheticHazeDataset', 'make_haze_pairs', 'skimage_photo']
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled photos (e.g. 'astronaut', 'coffee') as (H, W, 3) uint8 BGR."""
+    import skimage.data
+
+    path = Path(skimage.data.__file__).parent / f'{name}.png'
+    if not path.is_file():
+        path = path.with_suffix('.jpg')
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        stem = path.with_suffix('')
+        raise FileNotFoundError(f'scikit-image ships no photo named {name!r} (looked for {stem}.png and .jpg)')
+    return img
+
+
+def make_haze_pairs(
+    clear: dict[str, np.ndarray],
+    out_dir: str | Path,
+    hazy_per_image: int = 4,
+    beta_range: tuple[float, float] = (0.6, 1.8),
+    airlight_range: tuple[float, float] = (0.7, 1.0),
+    max_side: int | None = None,
+    seed: int = 0,
+) -> int:
+    """Write ``out_dir/{gt,lq}/<name>_<k>.png`` for every clear image; return the number of pairs.
+
+    Args:
+        clear: Clear images by name, (H, W, 3) uint8 BGR.
+        out_dir: Output folder; created atomically (a partial run leaves nothing under this name).
+        hazy_per_image: Hazy versions per clear image.
+        beta_range: Range of the scattering coefficient β (RESIDE uses 0.6-1.8).
+        airlight_range: Range of the (grey) airlight A.
+        max_side: Downscale images whose longer side exceeds this (None: keep the size).
+        seed: Seed of depth, β and A.
+    """
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + '.', dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        for sub in ('gt', 'lq'):
+            (tmp / sub).mkdir()
+        for name, img in clear.items():
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError(f'clear image {name!r} must be (H, W, 3) uint8, got {img.shape} {img.dtype}')
+            if max_side and max(img.shape[:2]) > max_side:
+                scale = max_side / max(img.shape[:2])
+                img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
+                                 interpolation=cv2.INTER_AREA)
+            clear_f = img.astype(np.float32) / 255
+            for k in range(hazy_per_image):
+                depth = random_smooth_depth(*img.shape[:2], rng)
+                hazy = synthesize_haze(clear_f, float(rng.uniform(*beta_range)), float(rng.uniform(*airlight_range)),
+                                       depth)
+                cv2.imwrite(str(tmp / 'gt' / f'{name}_{k}.png'), img)
+                cv2.imwrite(str(tmp / 'lq' / f'{name}_{k}.png'), (hazy * 255).round().astype(np.uint8))
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if not out_dir.is_dir():  # another process finished first: keep its copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(clear) * hazy_per_image
+
+
+@DATASET_REGISTRY.register()
+class SyntheticHazeDataset(PairedImageDataset):
+    """Synthetic hazy/clear pairs, generated into ``dataroot`` if it does not exist yet.
+
+    Options (besides PairedImageDataset's crop/flip/io_backend keys):
+        dataroot: Folder of the pairs (``gt/``, ``lq/`` inside).
+        source: 'skimage' (scikit-image's bundled photos) or a folder of clear images.
+        images: Names (skimage photo names, or file stems in ``source``); all images of the folder if omitted.
+        hazy_per_image, beta_range, airlight_range, max_side, seed: see ``make_haze_pairs``.
+    """
+
+    def __init__(self, opt: dict) -> None:
+        root = Path(opt['dataroot'])
+        if not root.is_dir():
+            make_haze_pairs(self._clear_images(opt), root, opt.get('hazy_per_image', 4),
+                            tuple(opt.get('beta_range', (0.6, 1.8))), tuple(opt.get('airlight_range', (0.7, 1.0))),
+                            opt.get('max_side'), opt.get('seed', 0))
+        super().__init__({'filename_tmpl': '{}', **opt, 'dataroot_gt': str(root / 'gt'),
+                          'dataroot_lq': str(root / 'lq')})
+
+    @staticmethod
+    def _clear_images(opt: dict) -> dict[str, np.ndarray]:
+        source = opt.get('source', 'skimage')
+        names = opt.get('images')
+        if source == 'skimage':
+            if not names:
+                raise KeyError(f"dataset {opt['name']}: source 'skimage' needs an 'images' list, "
+                               'e.g. [astronaut, coffee]')
+            return {n: skimage_photo(n) for n in names}
+        folder = Path(source)
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {'.png', '.jpg', '.jpeg', '.bmp', '.tif'}) \
+            if folder.is_dir() else []
+        if names:
+            files = [p for p in files if p.stem in set(names)]
+        if not files:
+            raise FileNotFoundError(f"dataset {opt['name']}: no clear images in source {folder.resolve()}")
+        images = {}
+        for p in files:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise ValueError(f"dataset {opt['name']}: cannot read clear image {p}")
+            images[p.stem] = img
+        return images

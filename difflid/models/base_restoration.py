@@ -1,0 +1,158 @@
+"""What every difflid model adds to basicsr's SRModel: atomic checkpoints, a NaN guard, more optimizers,
+option checks at start-up, and per-image metric reports at test time. Not registered itself."""
+import csv
+import inspect
+from os import path as osp
+
+import torch
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import ARCH_REGISTRY
+from tqdm import tqdm
+
+from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
+
+__all__ = ['RestorationModel', 'check_arch_options']
+
+OPTIMIZERS = ('Adam', 'AdamW', 'Adamax', 'SGD', 'RMSprop')
+
+
+def check_arch_options(block_name: str, block: dict) -> None:
+    """Fail at start-up, naming the block and key, if an arch block has no/unknown ``type`` or unknown keys."""
+    if not isinstance(block, dict) or 'type' not in block:
+        raise KeyError(f"option block '{block_name}' needs a 'type' (a registered arch, e.g. DiffLI2D)")
+    if block['type'] not in ARCH_REGISTRY:
+        raise KeyError(f"{block_name}.type: no arch named {block['type']!r}; "
+                       f'registered: {sorted(ARCH_REGISTRY.keys())}')
+    params = inspect.signature(ARCH_REGISTRY.get(block['type'])).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(block) - {'type'} - set(params))
+    if unknown:
+        raise KeyError(f'{block_name}: unknown option(s) {unknown} for {block["type"]}; valid: {sorted(params)}')
+
+
+class RestorationModel(SRModel):
+    """SRModel with the behaviour long runs and benchmark tables need (see module docstring)."""
+
+    def __init__(self, opt: dict) -> None:
+        check_arch_options('network_g', opt.get('network_g'))
+        if opt['is_train']:
+            optim = opt['train'].get('optim_g', {})
+            if optim.get('type') not in OPTIMIZERS:
+                raise KeyError(f"train.optim_g.type must be one of {list(OPTIMIZERS)}, got {optim.get('type')!r}")
+        super().__init__(opt)
+
+    # --- optimisation -------------------------------------------------------------------------------------------
+    def setup_optimizers(self) -> None:
+        """As SRModel, without popping ``type`` out of the options (they are saved and reused)."""
+        optim_opt = dict(self.opt['train']['optim_g'])
+        optim_type = optim_opt.pop('type')
+        params = [p for p in self.net_g.parameters() if p.requires_grad]
+        self.optimizer_g = self.get_optimizer(optim_type, params, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
+
+    def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
+        """basicsr 1.4.2 knows only Adam; any of ``OPTIMIZERS`` from torch.optim works here."""
+        if optim_type not in OPTIMIZERS:
+            raise KeyError(f'train.optim_g.type must be one of {list(OPTIMIZERS)}, got {optim_type!r}')
+        return getattr(torch.optim, optim_type)(params, lr, **kwargs)
+
+    def check_finite(self, loss: torch.Tensor, current_iter: int) -> None:
+        """Stop before a NaN/Inf loss reaches the weights (and so any checkpoint)."""
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(
+                f'loss is {loss.item()} at iteration {current_iter}; stopping before the weights are updated. '
+                'The last checkpoint is intact: lower the learning rate and resume with --auto_resume.')
+
+    # --- atomic checkpoints ---------------------------------------------------------------------------------------
+    @master_only
+    def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
+        """basicsr's save_network, written atomically (a kill mid-save keeps the previous file)."""
+        label = 'latest' if current_iter == -1 else current_iter
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {
+            key: {k.removeprefix('module.'): v.cpu() for k, v in self.get_bare_model(n).state_dict().items()}
+            for n, key in zip(nets, keys, strict=True)
+        }
+        atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """basicsr's save_training_state, written atomically after the networks of the same iteration."""
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter,
+                 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    # --- validation and test reports ---------------------------------------------------------------------------
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> None:
+        """SRModel's validation, also keeping per-image metrics; at test time they are written to
+        ``results/<name>/metrics_<set>.csv`` and the means to ``metrics_<set>.md`` (and the log).
+        With ``val.input_metrics: true`` the degraded inputs are scored too (columns ``<metric>_input``)."""
+        dataset_name = dataloader.dataset.opt['name']
+        metric_opts = self.opt['val'].get('metrics') or {}
+        score_input = bool(self.opt['val'].get('input_metrics', False))
+        if metric_opts:
+            self._initialize_best_metric_results(dataset_name)
+        records = []
+        pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            visuals = self.get_current_visuals()
+            restored = tensor2img([visuals['result']])
+            record = {'image': img_name}
+            if 'gt' in visuals and metric_opts:
+                gt = tensor2img([visuals['gt']])
+                data = {'img': restored, 'img2': gt}
+                record.update({name: float(calculate_metric(data, dict(m))) for name, m in metric_opts.items()})
+                if score_input:
+                    data = {'img': tensor2img([visuals['lq']]), 'img2': gt}
+                    record.update({f'{name}_input': float(calculate_metric(data, dict(m)))
+                                   for name, m in metric_opts.items()})
+            records.append(record)
+            self.__dict__.pop('gt', None)
+            del self.lq, self.output
+            if save_img:
+                imwrite(restored, self._visualization_path(dataset_name, img_name, current_iter))
+            if pbar:
+                pbar.update(1)
+        if pbar:
+            pbar.close()
+        if metric_opts and records and len(records[0]) > 1:
+            self.metric_results = {name: sum(r[name] for r in records) / len(records) for name in metric_opts}
+            for name, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, name, value, current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+            if not self.opt['is_train']:
+                self._write_reports(dataset_name, records)
+
+    def _visualization_path(self, dataset_name: str, img_name: str, current_iter) -> str:
+        if self.opt['is_train']:
+            return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
+
+    @master_only
+    def _write_reports(self, dataset_name: str, records: list[dict]) -> None:
+        root = self.opt['path']['results_root']
+        names = list(records[0])
+        with atomic_open(osp.join(root, f'metrics_{dataset_name}.csv'), 'w') as f:
+            writer = csv.DictWriter(f, fieldnames=names, lineterminator='\n')
+            writer.writeheader()
+            writer.writerows({k: (f'{v:.6f}' if isinstance(v, float) else v) for k, v in r.items()} for r in records)
+        metrics = names[1:]
+        means = [sum(r[m] for r in records) / len(records) for m in metrics]
+        table = [f'| set | images | {" | ".join(metrics)} |', '|---|---|' + '---|' * len(metrics),
+                 f'| {dataset_name} | {len(records)} | ' + ' | '.join(f'{v:.4f}' for v in means) + ' |']
+        with atomic_open(osp.join(root, f'metrics_{dataset_name}.md'), 'w') as f:
+            f.write('\n'.join(table) + '\n')
+        get_root_logger().info('Test metrics (mean over images):\n' + '\n'.join(table))
+

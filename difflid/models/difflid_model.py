@@ -1,0 +1,98 @@
+"""DiffLI2DModel: trains and tests a restoration network guided by a frozen diffusion prior.
+
+Every batch goes through the frozen ``HSpaceExtractor`` (built from ``network_prior``, no gradient)
+and then through ``net_g(lq, h_t1, h_t2)``. The prior exists once per process: it is not part of
+``net_g``, so it is never wrapped in DDP, never saved in ``net_g`` checkpoints and never given to the
+optimizer.
+
+Options beyond basicsr's:
+    network_prior: an ``HSpaceExtractor`` block with exactly two timesteps [t1, t2].
+    train.fresh_prior_noise: draw new diffusion noise for every training batch (default true, as the
+        paper's q(x_t|x_0)); validation and test always use the prior's seeded noise, so two test runs
+        give identical outputs.
+    val.tile / val.tile_overlap: restore images in overlapping tiles of this size (a multiple of 32;
+        0 = whole image, the default), blended without seams.
+"""
+import torch
+from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import nn
+
+from difflid.archs.hspace_arch import HSpaceExtractor
+from difflid.models.base_restoration import RestorationModel, check_arch_options
+from difflid.utils.padding import pad_to_multiple
+from difflid.utils.tiling import tiled_apply
+
+__all__ = ['DiffLI2DModel']
+
+
+@MODEL_REGISTRY.register()
+class DiffLI2DModel(RestorationModel):
+    """SRModel whose generator also receives h-space features of its input from a frozen prior."""
+
+    def __init__(self, opt: dict) -> None:
+        check_arch_options('network_prior', opt.get('network_prior'))
+        if opt['network_prior']['type'] != 'HSpaceExtractor':
+            raise KeyError(f"network_prior.type must be HSpaceExtractor, got {opt['network_prior']['type']!r}")
+        timesteps = opt['network_prior'].get('timesteps', [0, 500])
+        if len(timesteps) != 2:
+            raise ValueError(f'network_prior.timesteps must be [t1, t2] (content, haze), got {timesteps}')
+        val_opt = opt.get('val') or {}
+        self.tile, self.tile_overlap = int(val_opt.get('tile', 0) or 0), int(val_opt.get('tile_overlap', 32))
+        if self.tile and self.tile % 32:
+            raise ValueError(f'val.tile must be 0 (off) or a multiple of 32, got {self.tile}')
+        if self.tile and not 0 <= self.tile_overlap < self.tile:
+            raise ValueError(f'val.tile_overlap must be in [0, val.tile), got {self.tile_overlap}')
+        self.fresh_prior_noise = bool((opt.get('train') or {}).get('fresh_prior_noise', True))
+        super().__init__(opt)
+        self.prior: HSpaceExtractor = build_network(dict(opt['network_prior'])).to(self.device)
+        h_channels = getattr(self.get_bare_model(self.net_g), 'h_channels', self.prior.hspace_channels)
+        if h_channels != self.prior.hspace_channels:
+            raise ValueError(f'network_g.h_channels is {h_channels} but the prior gives '
+                             f'{self.prior.hspace_channels}-channel features; set network_g.h_channels: '
+                             f'{self.prior.hspace_channels}')
+        self.t1, self.t2 = self.prior.timesteps
+        get_root_logger().info(f'Frozen prior: {self.prior.unet.__class__.__name__}, h at t1={self.t1}, t2={self.t2}, '
+                               f'{self.prior.hspace_channels} channels (not trained, not saved with net_g)')
+
+    def restore(self, net: nn.Module, lq: torch.Tensor, fresh_noise: bool) -> torch.Tensor:
+        """net(lq, h_t1, h_t2) for (B, 3, H, W) lq in [0, 1], any size: padded to the prior's stride, cropped back."""
+        height, width = lq.shape[-2:]
+        padded = pad_to_multiple(lq, self.prior.downsample_factor)
+        feats = self.prior(padded, fresh_noise=fresh_noise)
+        return net(padded, feats[self.t1], feats[self.t2])[..., :height, :width]
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        self.output = self.restore(self.net_g, self.lq, fresh_noise=self.fresh_prior_noise)
+        loss_dict = {}
+        l_total = 0
+        if self.cri_pix:
+            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+            l_total = l_total + loss_dict['l_pix']
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    loss_dict[name] = value
+                    l_total = l_total + value
+        self.check_finite(l_total, current_iter)
+        l_total.backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    @torch.no_grad()
+    def test(self) -> None:
+        """Whole-image (or tiled) restoration with the prior's seeded noise: deterministic."""
+        net = getattr(self, 'net_g_ema', self.net_g)
+        was_training = net.training
+        net.eval()
+
+        def run(lq: torch.Tensor) -> torch.Tensor:
+            return self.restore(net, lq, fresh_noise=False)
+
+        self.output = tiled_apply(run, self.lq, self.tile, self.tile_overlap) if self.tile else run(self.lq)
+        net.train(was_training)

@@ -1,0 +1,46 @@
+"""Overlapping-tile inference for images too large to restore in one pass."""
+from collections.abc import Callable
+
+import torch
+
+__all__ = ['tiled_apply']
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]  # the last tile ends at the border
+
+
+def _ramp(length: int, overlap: int, device: torch.device) -> torch.Tensor:
+    """Blending weight along one axis: rises linearly over ``overlap`` pixels at both ends, never zero."""
+    idx = torch.arange(length, device=device, dtype=torch.float32)
+    if overlap <= 0:
+        return torch.ones(length, device=device)
+    return torch.minimum((idx + 0.5) / overlap, (length - idx - 0.5) / overlap).clamp(max=1.0)
+
+
+def tiled_apply(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int
+) -> torch.Tensor:
+    """Apply an image-to-image ``fn`` on overlapping ``tile``-sized tiles of ``x`` (B, C, H, W) and blend.
+
+    Each output pixel is the weighted mean of the tiles covering it, with weights that fall off
+    linearly towards tile edges, so there are no seams. ``fn`` must keep the spatial size.
+    """
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise ValueError(f'tiling needs tile > 0 and 0 <= tile_overlap < tile, got tile={tile}, overlap={overlap}')
+    height, width = x.shape[-2:]
+    th, tw = min(tile, height), min(tile, width)
+    out = weights = None
+    for top in _starts(height, th, tile - overlap):
+        for left in _starts(width, tw, tile - overlap):
+            y = fn(x[..., top:top + th, left:left + tw])
+            if out is None:
+                out = y.new_zeros(*y.shape[:2], height, width)
+                weights = y.new_zeros(1, 1, height, width)
+            w = (_ramp(th, overlap, y.device)[:, None] * _ramp(tw, overlap, y.device)[None, :]).to(y.dtype)
+            out[..., top:top + th, left:left + tw] += y * w
+            weights[..., top:top + th, left:left + tw] += w
+    return out / weights
