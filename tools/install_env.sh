@@ -13,7 +13,9 @@ extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 py=.venv/bin/python
-$py -m pip install -q -U setuptools wheel
-$py -m pip install -q --no-build-isolation torch==2.14.1 torchvision==0.29.1
-$py -m pip install -q --no-build-isolation -e ".${extra}"
+# pip -q still warns about every unused local index location; keep the log readable (exit codes are kept)
+pip_install() { $py -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+pip_install -U setuptools wheel
+pip_install --no-build-isolation torch==2.14.1 torchvision==0.29.1
+pip_install --no-build-isolation -e ".${extra}"
 $py -c "import difflid; print('difflid', difflid.__version__, 'installed in .venv')"

@@ -13,5 +13,8 @@ from basicsr.train import train_pipeline
 from difflid.utils.options import prepare_argv
 
 if __name__ == '__main__':
-    sys.argv = prepare_argv(sys.argv)
+    try:
+        sys.argv = prepare_argv(sys.argv)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'error: {err}')
     train_pipeline(str(Path(__file__).resolve().parents[1]))

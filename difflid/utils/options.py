@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ['prepare_argv', 'resolve_option_file']
+__all__ = ['prepare_argv', 'resolve_option_file', 'training_to_test_options']
 
 
 def resolve_option_file(path: str | Path) -> Path:
@@ -33,19 +33,59 @@ def resolve_option_file(path: str | Path) -> Path:
         if not (path.parent / base).is_file():
             looked = (path.parent / base).resolve()
             raise FileNotFoundError(f'{path}: _base_ file {base!r} not found (looked for {looked})')
-    merged = Config.fromfile(str(path)).to_dict()
+    try:
+        merged = Config.fromfile(str(path)).to_dict()
+    except Exception as err:  # mmengine raises KeyError/TypeError/... for bad inheritance
+        raise ValueError(f'{path}: cannot merge its _base_ files {bases}: {err}') from err
     out = Path(tempfile.mkdtemp(prefix='difflid_opt_')) / path.name
     header = f'# {path.name} with its _base_ files {bases} merged by difflid (source: {path.resolve()})\n'
     out.write_text(header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding='utf-8')
     return out
 
 
-def prepare_argv(argv: list[str]) -> list[str]:
+def training_to_test_options(opt: dict, root: Path) -> dict:
+    """Test options from a training option file: its validation sets become test sets, and the run's
+    latest weights (``experiments/<name>/models/net_g_latest.pth``) are loaded unless the file names some.
+
+    Raises FileNotFoundError when the run has no saved model yet, ValueError when it has no val set.
+    """
+    val_sets = [dict(d) for phase, d in (opt.get('datasets') or {}).items() if phase.startswith('val')]
+    if not val_sets:
+        raise ValueError(f"training options '{opt.get('name')}' have no val dataset to test on; "
+                         'add datasets.val or use a test option file')
+    test = {k: v for k, v in opt.items() if k not in ('train', 'logger', 'datasets')}
+    test['datasets'] = {f'test_{i}': d for i, d in enumerate(val_sets, 1)}
+    path = {k: v for k, v in (opt.get('path') or {}).items() if k != 'resume_state'}
+    if not path.get('pretrain_network_g'):
+        weights = root / 'experiments' / opt['name'] / 'models' / 'net_g_latest.pth'
+        if not weights.is_file():
+            raise FileNotFoundError(f"no trained model at {weights}: train first (tools/train.py -opt <this file>) "
+                                    'or set path.pretrain_network_g')
+        path['pretrain_network_g'] = str(weights)
+        path['param_key_g'] = 'params_ema' if (opt.get('train') or {}).get('ema_decay', 0) > 0 else 'params'
+    test['path'] = path
+    test['val'] = {**{k: v for k, v in (opt.get('val') or {}).items() if k != 'val_freq'}, 'save_img': True}
+    test['val'].setdefault('suffix', None)
+    return test
+
+
+def prepare_argv(argv: list[str], root: Path | None = None) -> list[str]:
     """Rewrite a tool's argv for basicsr's parser: ``-opt`` points at the resolved option file, and
-    ``--local-rank`` (passed by ``torch.distributed.launch`` since PyTorch 2.0) becomes ``--local_rank``."""
+    ``--local-rank`` (passed by ``torch.distributed.launch`` since PyTorch 2.0) becomes ``--local_rank``.
+
+    With ``root`` (tools/test.py), a training option file is turned into test options
+    (``training_to_test_options``), so ``tools/test.py -opt options/lol_v1.yml`` tests that run.
+    """
     out = [arg.replace('--local-rank', '--local_rank', 1) if arg.startswith('--local-rank') else arg for arg in argv]
     for flag in ('-opt', '--opt'):
         if flag in out[:-1]:
             i = out.index(flag) + 1
-            out[i] = str(resolve_option_file(out[i]))
+            resolved = resolve_option_file(out[i])
+            if root is not None:
+                opt = yaml.safe_load(resolved.read_text(encoding='utf-8'))
+                if 'train' in opt or 'train' in (opt.get('datasets') or {}):
+                    resolved = Path(tempfile.mkdtemp(prefix='difflid_opt_')) / resolved.name
+                    resolved.write_text(yaml.safe_dump(training_to_test_options(opt, root), sort_keys=False),
+                                        encoding='utf-8')
+            out[i] = str(resolved)
     return out

@@ -1,0 +1,347 @@
+"""Turn public restoration datasets, as their archives unpack, into what difflid's options read.
+
+A prepared dataset is one folder:
+
+    <dst>/lq/...  <dst>/gt/...        the images (links to the originals, or copies; changed images are written)
+    <dst>/<split>.txt                 pair lists, one ``lq/<name> gt/<name>`` per line (many LQ may share a GT)
+    <dst>/lq.lmdb  <dst>/gt.lmdb      with --lmdb: the same images in basicsr LMDBs (keys: ``lmdb_key``)
+
+Every LQ is checked against its GT before anything is written: missing partners, duplicate names,
+unreadable files, size mismatches and grayscale/RGBA/16-bit images are reported by file name and
+skipped (or converted with ``convert=True``). The folder is built under a temporary name and renamed
+at the end, so an interrupted run never leaves a half-written dataset.
+"""
+import os
+import re
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ['BENCHMARKS', 'PrepReport', 'Source', 'lmdb_key', 'prepare_dataset']
+
+IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
+
+
+def lmdb_key(rel_path: str) -> str:
+    """LMDB key of a prepared image: its relative path without extension, dots made dashes (basicsr's
+    LMDB meta reader cuts keys at the first dot, which would merge RESIDE's ``1_1_0.90179``/``1_1_0.81234``)."""
+    return os.path.splitext(rel_path)[0].replace('.', '-')
+
+
+@dataclass
+class Source:
+    """One split of a dataset as distributed: LQ and GT images and how their names pair up."""
+
+    lq: list[Path]
+    gt: list[Path]
+    lq_key: Callable[[Path], str | None]  # None: the name does not follow the dataset's scheme
+    gt_key: Callable[[Path], str | None]
+
+
+@dataclass
+class PrepReport:
+    pairs: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    converted: list[str] = field(default_factory=list)
+    cropped: int = 0
+
+    def summary(self, dst: Path) -> str:
+        lines = [f'prepared {dst}: ' + ', '.join(f'{split}: {n} pairs' for split, n in self.pairs.items())]
+        if self.cropped:
+            lines.append(f'  {self.cropped} GT images centre-cropped to their LQ size')
+        if self.converted:
+            lines.append(f'  {len(self.converted)} images converted to 8-bit 3-channel: '
+                         + ', '.join(self.converted[:10]))
+        lines.append(f'  {len(self.skipped)} files skipped' + (':' if self.skipped else ''))
+        lines += [f'    {name}: {reason}' for name, reason in self.skipped]
+        return '\n'.join(lines)
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files under ``folder``, sorted; macOS archive debris (``__MACOSX``, ``._*``) is ignored."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f'expected a folder of images at {folder}')
+    files = folder.rglob('*') if recursive else folder.iterdir()
+    return sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and '__MACOSX' not in p.parts and not p.name.startswith('._'))
+
+
+def _pair(source: Source, report: PrepReport) -> list[tuple[Path, Path]]:
+    by_key: dict[str, list[Path]] = defaultdict(list)
+    for gt in source.gt:
+        key = source.gt_key(gt)
+        if key is None:
+            report.skipped.append((str(gt), 'GT name does not follow the dataset naming scheme'))
+        else:
+            by_key[key].append(gt)
+    gt_of = {}
+    for key, files in by_key.items():
+        if len(files) > 1:
+            report.skipped += [(str(f), f'duplicate GT name for key {key!r}: {[p.name for p in files]}') for f in files]
+        else:
+            gt_of[key] = files[0]
+    pairs, used, seen_lq = [], set(), {}
+    for lq in source.lq:
+        key = source.lq_key(lq)
+        stem = str(lq.with_suffix(''))
+        if key is None:
+            report.skipped.append((str(lq), 'LQ name does not follow the dataset naming scheme'))
+        elif stem in seen_lq:
+            report.skipped.append((str(lq), f'duplicate LQ name (also {seen_lq[stem].name})'))
+        elif key not in gt_of:
+            if key not in by_key:
+                report.skipped.append((str(lq), f'no GT image for key {key!r}'))
+            else:
+                report.skipped.append((str(lq), f'its GT {key!r} is ambiguous (duplicate names)'))
+        else:
+            pairs.append((lq, gt_of[key]))
+            used.add(key)
+        seen_lq.setdefault(stem, lq)
+    report.skipped += [(str(gt), 'no LQ image for this GT') for key, gt in gt_of.items() if key not in used]
+    return pairs
+
+
+def _load(path: Path, convert: bool, report: PrepReport) -> tuple[np.ndarray | None, bool]:
+    """(image as 8-bit BGR, whether it had to be converted); None if unusable (reason recorded)."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        report.skipped.append((str(path), 'unreadable image'))
+        return None, False
+    problems = []
+    if img.ndim == 2 or img.shape[2] == 1:
+        problems.append('grayscale')
+    elif img.shape[2] == 4:
+        problems.append('RGBA')
+    if img.dtype != np.uint8:
+        problems.append(f'{img.dtype} ({img.dtype.itemsize * 8}-bit)')
+    if not problems:
+        return img, False
+    if not convert:
+        report.skipped.append((str(path), ', '.join(problems) + ' image (use --convert to convert to 8-bit RGB)'))
+        return None, False
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32) * (255 if img.max() <= 1 else 1), 0, 255).round().astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 1:
+        img = cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    report.converted.append(str(path))
+    return img, True
+
+
+def prepare_dataset(
+    splits: dict[str, Source],
+    dst: str | Path,
+    lmdb: bool = False,
+    copy: bool = False,
+    convert: bool = False,
+    gt_border_crop: int = 0,
+    overwrite: bool = False,
+) -> PrepReport:
+    """Check, pair and write a dataset (see the module docstring).
+
+    Args:
+        splits: Source per split name (e.g. 'train', 'test').
+        dst: Output folder.
+        lmdb: Also write lq.lmdb and gt.lmdb with basicsr's LMDB writer.
+        copy: Copy unchanged images instead of linking to them.
+        convert: Convert grayscale/RGBA/16-bit images to 8-bit 3-channel instead of skipping them.
+        gt_border_crop: A GT exactly 2*this larger than its LQ in both sides is centre-cropped (SOTS: 10).
+        overwrite: Replace an existing ``dst`` (only once the new one is complete).
+    """
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f'{dst} exists; choose another --dst or pass --overwrite')
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.', dir=dst.parent))
+    try:
+        writer = _PairWriter(tmp, copy, convert, gt_border_crop)
+        for split, source in splits.items():
+            lines = [entry for lq, gt in _pair(source, writer.report) if (entry := writer.write(lq, gt))]
+            if not lines:
+                raise ValueError(f'no usable pairs for split {split!r} in {dst}:\n' + writer.report.summary(dst))
+            (tmp / f'{split}.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+            writer.report.pairs[split] = len(lines)
+        if lmdb:
+            _write_lmdbs(tmp)
+        if dst.exists():
+            old = dst.with_name(f'.{dst.name}.old')
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return writer.report
+
+
+class _PairWriter:
+    """Writes checked pairs under ``root``; each GT is read and written once however many LQ share it."""
+
+    def __init__(self, root: Path, copy: bool, convert: bool, gt_border_crop: int) -> None:
+        self.root, self.copy, self.convert, self.crop = root, copy, convert, gt_border_crop
+        self.report = PrepReport()
+        self.gt_images: dict[Path, tuple[np.ndarray, bool] | None] = {}
+        self.gt_rel: dict[Path, str] = {}
+        self.names: dict[str, set[str]] = {'lq': set(), 'gt': set()}
+
+    def write(self, lq_path: Path, gt_path: Path) -> str | None:
+        """Write one pair; return its pair-list line, or None if it was skipped (reason recorded)."""
+        lq, lq_changed = _load(lq_path, self.convert, self.report)
+        if lq is None:
+            return None
+        if gt_path not in self.gt_images:
+            gt, changed = _load(gt_path, self.convert, self.report)
+            self.gt_images[gt_path] = None if gt is None else (gt, changed)
+        if self.gt_images[gt_path] is None:
+            self.report.skipped.append((str(lq_path), f'its GT {gt_path.name} is unusable'))
+            return None
+        gt, gt_changed = self.gt_images[gt_path]
+        if gt.shape != lq.shape:
+            c = self.crop
+            if not (c and gt.shape[0] == lq.shape[0] + 2 * c and gt.shape[1] == lq.shape[1] + 2 * c):
+                self.report.skipped.append((str(lq_path), f'size {lq.shape[1]}x{lq.shape[0]} differs from its GT '
+                                                          f'{gt_path.name} {gt.shape[1]}x{gt.shape[0]}'))
+                return None
+            if gt_path not in self.gt_rel:  # centred: the 10-px white NYU border on every side
+                gt, gt_changed = gt[c:-c, c:-c], True
+                self.report.cropped += 1
+        if gt_path not in self.gt_rel:
+            self.gt_rel[gt_path] = self._place('gt', gt_path, gt if gt_changed else None)
+        return f"{self._place('lq', lq_path, lq if lq_changed else None)} {self.gt_rel[gt_path]}"
+
+    def _place(self, side: str, src: Path, changed: np.ndarray | None) -> str:
+        name = src.name if changed is None else src.with_suffix('.png').name
+        if not name.isascii() or any(ch.isspace() for ch in name):
+            raise ValueError(f'{src}: file names must be ASCII without spaces (they become LMDB keys)')
+        if name in self.names[side]:
+            raise ValueError(f'{src}: another {side.upper()} file is already written as {name!r}; rename one')
+        self.names[side].add(name)
+        dst = self.root / side / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if changed is not None:
+            if not cv2.imwrite(str(dst), changed):
+                raise OSError(f'could not write {dst}')
+        elif self.copy:
+            shutil.copy2(src, dst)
+        else:
+            os.symlink(src.resolve(), dst)
+        return f'{side}/{name}'
+
+
+def _write_lmdbs(root: Path) -> None:
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    for side in ('lq', 'gt'):
+        rels = sorted(f'{side}/{p.name}' for p in (root / side).iterdir())
+        raw = sum(cv2.imread(str(root / r), cv2.IMREAD_UNCHANGED).nbytes for r in rels)
+        make_lmdb_from_imgs(str(root), str(root / f'{side}.lmdb'), rels, [lmdb_key(r) for r in rels],
+                            map_size=int(raw * 1.5) + 2**26)
+
+
+# --- the benchmarks' layouts -------------------------------------------------------------------------------------
+
+
+def _prefix_key(path: Path) -> str:
+    return path.stem.split('_')[0]
+
+
+def _stem(path: Path) -> str:
+    return path.stem
+
+
+def _strip_prefix(*prefixes: str) -> Callable[[Path], str]:
+    pattern = re.compile(rf'^(?:{"|".join(prefixes)})[-_]?', re.IGNORECASE)
+    return lambda path: pattern.sub('', path.stem)
+
+
+def _find_dir(root: Path, *names: str) -> Path:
+    """The first of ``names`` (case-insensitive) directly under ``root``."""
+    if root.is_dir():
+        children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+        for name in names:
+            if name.lower() in children:
+                return children[name.lower()]
+    raise FileNotFoundError(f'{root}: expected a sub-folder named one of {list(names)}')
+
+
+def _reside(split: str, recursive: bool = False) -> Callable[[Path], dict[str, Source]]:
+    """RESIDE: hazy/<id>_<...>.<ext> pairs with clear/<id>.<ext> (ITS, OTS) or gt/<id>.png (SOTS)."""
+    def layout(root: Path) -> dict[str, Source]:
+        hazy = list_images(_find_dir(root, 'hazy', 'haze'), recursive)
+        gt = list_images(_find_dir(root, 'clear', 'gt', 'clear_images'), recursive)
+        return {split: Source(hazy, gt, _prefix_key, _stem)}
+    return layout
+
+
+def _ntire(root: Path) -> dict[str, Source]:
+    """Dense-Haze / NH-HAZE: NN_hazy.png and NN_GT.png (in one folder or in hazy/ and GT/); 01-50 train, 51-55 test."""
+    files = list_images(root, recursive=True)
+
+    def key(suffix: str) -> Callable[[Path], str | None]:
+        def number(path: Path) -> str | None:
+            m = re.fullmatch(rf'(\d+)_{suffix}', path.stem, re.IGNORECASE)
+            return m.group(1).zfill(2) if m else None
+        return number
+
+    lq = [p for p in files if key('hazy')(p)]
+    gt = [p for p in files if key('GT')(p)]
+    if not lq:
+        raise FileNotFoundError(f'{root}: no NN_hazy images found')
+    return {split: Source([p for p in lq if keep(int(key('hazy')(p)))], [p for p in gt if keep(int(key('GT')(p)))],
+                          key('hazy'), key('GT'))
+            for split, keep in (('train', lambda n: n <= 50), ('test', lambda n: n > 50))}
+
+
+def _lol_v1(root: Path) -> dict[str, Source]:
+    return {split: Source(list_images(_find_dir(_find_dir(root, folder), 'low')),
+                          list_images(_find_dir(_find_dir(root, folder), 'high')), _stem, _stem)
+            for split, folder in (('train', 'our485'), ('test', 'eval15'))}
+
+
+def _lol_v2(part: str) -> Callable[[Path], dict[str, Source]]:
+    def layout(root: Path) -> dict[str, Source]:
+        if root.name.lower() != part.lower():
+            root = _find_dir(root, part)
+        return {split.lower(): Source(list_images(_find_dir(_find_dir(root, split), 'Low')),
+                                      list_images(_find_dir(_find_dir(root, split), 'Normal')),
+                                      _strip_prefix('low'), _strip_prefix('normal'))
+                for split in ('Train', 'Test')}
+    return layout
+
+
+def _paired(split: str) -> Callable[[Path], dict[str, Source]]:
+    """Restormer's deraining layout: <root>/input and <root>/target with the same names (also rain-/norain-)."""
+    def layout(root: Path) -> dict[str, Source]:
+        return {split: Source(list_images(_find_dir(root, 'input', 'rain', 'lq')),
+                              list_images(_find_dir(root, 'target', 'norain', 'gt')),
+                              _strip_prefix('rain'), _strip_prefix('norain'))}
+    return layout
+
+
+# name -> (layout reader, GT border to centre-crop, what --src is)
+BENCHMARKS: dict[str, tuple[Callable[[Path], dict[str, Source]], int, str]] = {
+    'its': (_reside('train'), 0, 'RESIDE ITS folder with hazy/ and clear/'),
+    'sots-indoor': (_reside('test'), 10, 'SOTS indoor folder with hazy/ and gt/'),
+    'sots-outdoor': (_reside('test'), 10, 'SOTS outdoor folder with hazy/ and gt/'),
+    'ots': (_reside('train', recursive=True), 0, 'RESIDE OTS folder with hazy/ (any depth) and clear/'),
+    'dense-haze': (_ntire, 0, 'Dense-Haze folder (NN_hazy.png, NN_GT.png)'),
+    'nh-haze': (_ntire, 0, 'NH-HAZE folder (NN_hazy.png, NN_GT.png)'),
+    'lol-v1': (_lol_v1, 0, 'LOL folder with our485/ and eval15/'),
+    'lol-v2-real': (_lol_v2('Real_captured'), 0, 'LOL-v2 folder (or its Real_captured/)'),
+    'lol-v2-synthetic': (_lol_v2('Synthetic'), 0, 'LOL-v2 folder (or its Synthetic/)'),
+    'rain13k': (_paired('train'), 0, 'Rain13K training folder with input/ and target/'),
+    'rain-test': (_paired('test'), 0, 'a deraining test set (Rain100H, Test100, ...) with input/ and target/'),
+    'paired': (_paired('train'), 0, 'any folder with input/ (or lq/) and target/ (or gt/), same file names'),
+}

@@ -1,0 +1,115 @@
+"""Every task option file against miniature copies of its datasets, and a new task added by YAML alone."""
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from basicsr.archs import build_network
+from basicsr.data import build_dataset
+
+from difflid.utils.options import prepare_argv, resolve_option_file, training_to_test_options
+from tests.conftest import REPO_ROOT
+from tests.miniature_datasets import LAYOUTS
+
+# prepared folder each option file reads -> the preparation command that writes it
+PREPARED = {'ITS': 'its', 'SOTS_indoor': 'sots-indoor', 'Dense_Haze': 'dense-haze', 'NH_HAZE': 'nh-haze',
+            'LOL_v1': 'lol-v1', 'LOL_v2_real': 'lol-v2-real', 'Rain13K': 'rain13k', 'Rain100H': 'rain-test'}
+TASK_FILES = ['dehaze_its', 'test_sots_indoor', 'dehaze_dense_haze', 'dehaze_nh_haze', 'lol_v1', 'lol_v2_real',
+              'derain_rain13k', 'test_rain100h']
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+    """datasets/<name> prepared from miniature layouts, as prepare.py would write them for a user."""
+    from difflid.data.prep import BENCHMARKS, prepare_dataset
+
+    root = tmp_path_factory.mktemp('benchmarks')
+    for folder, command in PREPARED.items():
+        LAYOUTS[command][0](root / 'raw' / folder)
+        layout, border, _ = BENCHMARKS[command]
+        prepare_dataset(layout(root / 'raw' / folder), root / 'datasets' / folder, gt_border_crop=border)
+    return root
+
+
+def _relocate(value, root):
+    return str(root / value) if isinstance(value, str) and value.startswith('datasets/') else value
+
+
+@pytest.mark.parametrize('name', TASK_FILES)
+def test_task_option_file_builds_its_datasets_and_network(prepared, name):
+    opt = yaml.safe_load(resolve_option_file(REPO_ROOT / 'options' / f'{name}.yml').read_text())
+    assert opt['model_type'] == 'DiffLI2DModel' and opt['network_prior']['unet'] == 'adm256_uncond'
+    assert opt['network_prior']['checkpoint'] == 'pretrained/256x256_diffusion_uncond.pt'
+    for phase, dataset_opt in opt['datasets'].items():
+        dataset_opt = {k: _relocate(v, prepared) for k, v in dataset_opt.items()}
+        if phase == 'train':
+            assert dataset_opt['gt_size'] >= 128
+            dataset_opt['gt_size'] = 16  # the miniature images are 48x32
+        dataset = build_dataset({**dataset_opt, 'phase': phase.split('_')[0], 'scale': 1})
+        sample = dataset[0]
+        assert sample['lq'].shape[0] == 3
+        if phase == 'train':
+            assert sample['lq'].shape[1:] == (dataset_opt['gt_size'],) * 2
+    y_channel = name in ('derain_rain13k', 'test_rain100h')
+    assert all(m['test_y_channel'] == y_channel and m['crop_border'] == 0 for m in opt['val']['metrics'].values())
+    net = build_network(dict(opt['network_g']))
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(8.63e6, rel=0.03)
+
+
+def test_a_training_file_becomes_test_options_for_tools_test(tmp_path):
+    opt = yaml.safe_load(resolve_option_file(REPO_ROOT / 'options' / 'lol_v1.yml').read_text())
+    with pytest.raises(FileNotFoundError, match='net_g_latest.pth'):
+        training_to_test_options(opt, tmp_path)
+    weights = tmp_path / 'experiments' / 'DiffLI2D_LOL_v1' / 'models' / 'net_g_latest.pth'
+    weights.parent.mkdir(parents=True)
+    weights.touch()
+    argv = prepare_argv(['test.py', '-opt', str(REPO_ROOT / 'options' / 'lol_v1.yml')], root=tmp_path)
+    test = yaml.safe_load(open(argv[2]).read())
+    assert list(test['datasets']) == ['test_1'] and test['datasets']['test_1']['name'] == 'LOL_v1_eval15'
+    assert 'train' not in test and test['path']['pretrain_network_g'] == str(weights)
+    assert test['val']['save_img'] is True and 'val_freq' not in test['val']
+
+
+def _colour_cast_task(root, names, seed):
+    rng = np.random.default_rng(seed)
+    for name in names:
+        texture = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        clean = cv2.resize(texture, (96, 72), interpolation=cv2.INTER_CUBIC)
+        cast = np.clip(clean * np.array([0.7, 0.95, 1.25]) + np.array([0, 10, 20]), 0, 255).astype(np.uint8)
+        for folder, img in (('input', cast), ('target', clean)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / folder / f'{name}.png'), img)
+
+
+@pytest.mark.slow
+def test_new_task_from_the_docs_by_yaml_alone(tmp_path, monkeypatch, capsys):
+    """docs/new_task.md, followed literally on a generated colour-cast task (tiny prior, a few iterations)."""
+    shutil.copytree(REPO_ROOT / 'tools', tmp_path / 'tools')
+    shutil.copytree(REPO_ROOT / 'options', tmp_path / 'options')
+    _colour_cast_task(tmp_path / 'my_colour_cast', [f'{i:04d}' for i in range(6)], 0)
+    _colour_cast_task(tmp_path / 'my_colour_cast_test', ['0100', '0101'], 1)
+    doc = (REPO_ROOT / 'docs' / 'new_task.md').read_text()
+    monkeypatch.chdir(tmp_path)
+    for command in re.findall(r'^python datasets_prep/prepare.py .*$', doc, re.MULTILINE):
+        monkeypatch.setattr(sys, 'argv', command.split()[1:])
+        runpy.run_path(str(REPO_ROOT / 'datasets_prep' / 'prepare.py'), run_name='__main__')
+    assert 'train: 6 pairs' in capsys.readouterr().out
+    option_text = re.search(r'```yaml\n(_base_:.*?)```', doc, re.DOTALL).group(1)
+    tiny = re.search(r'`(network_prior: \{unet: adm_tiny.*?\})`.*?`(network_g: \{h_channels: 64\})`', doc, re.DOTALL)
+    (tmp_path / 'options' / 'colour_cast.yml').write_text(option_text + '\n'.join(tiny.groups()) + '\n')
+    quick = ['--force_yml', 'train:total_iter=2', 'val:val_freq=2', 'logger:save_checkpoint_freq=2',
+             'datasets:train:batch_size_per_gpu=2', 'datasets:train:gt_size=64',
+             'datasets:train:num_worker_per_gpu=0']
+    for tool, extra in (('train.py', quick), ('test.py', [])):
+        proc = subprocess.run([sys.executable, f'tools/{tool}', '-opt', 'options/colour_cast.yml', *extra],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = tmp_path / 'results' / 'DiffLI2D_ColourCast'
+    table = (results / 'metrics_ColourCast_test.md').read_text()
+    assert '| ColourCast_test | 2 |' in table and 'psnr_input' in table
+    assert len(list((results / 'visualization' / 'ColourCast_test').iterdir())) == 2
