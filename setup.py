@@ -25,6 +25,7 @@ setup(
         'lmdb',
         'opencv-python',
         'lpips',
+        'pytorch-fid',
         'pyyaml',
         'timm',
         'tensorboard',

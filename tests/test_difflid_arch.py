@@ -129,3 +129,26 @@ def test_wrong_h_size_is_explained():
 def test_bad_options_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DiffLI2D(**{**TINY, **kwargs})
+
+
+_CIM_MEMORY = """
+import resource, torch
+from difflid.archs.difflid_arch import ContentIntegration
+torch.set_grad_enabled(False)
+cim = ContentIntegration(num_feat=8, h_channels=16, num_heads=1)
+feat, h = torch.randn(1, 8, 1024, 1024), torch.randn(1, 16, 32, 32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cim(feat, h)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20)
+"""
+
+
+@pytest.mark.slow
+def test_cim_never_materialises_the_attention_matrix():
+    import subprocess
+    import sys
+
+    # 1M queries x 1024 keys: the attention matrix alone would be 4 GiB
+    out = subprocess.run([sys.executable, '-c', _CIM_MEMORY], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 1.0  # GiB of extra peak memory

@@ -80,7 +80,8 @@ def test_a_training_step_trains_net_g_and_leaves_the_prior_untouched(tmp_path):
 
     model.save(0, 1)
     saved = torch.load(tmp_path / 'models' / 'net_g_1.pth', weights_only=True)
-    assert set(saved) == {'params'} and set(saved['params']) == set(model.net_g.state_dict())
+    assert set(saved) == {'params', 'config'} and set(saved['params']) == set(model.net_g.state_dict())
+    assert saved['config'] == {'network_g': NET_G, 'network_prior': PRIOR}  # for tools/infer.py
     assert not any('unet' in k or 'prior' in k for k in saved['params'])
     state = torch.load(tmp_path / 'states' / '1.state', weights_only=True)
     assert state['iter'] == 1 and len(state['optimizers']) == 1
@@ -94,7 +95,7 @@ def test_adamw_and_ema_are_supported(tmp_path):
     model.feed_data(_batch())
     model.optimize_parameters(1)
     model.save(0, 1)
-    assert set(torch.load(tmp_path / 'models' / 'net_g_1.pth', weights_only=True)) == {'params', 'params_ema'}
+    assert set(torch.load(tmp_path / 'models' / 'net_g_1.pth', weights_only=True)) == {'params', 'params_ema', 'config'}
 
 
 def test_nan_loss_stops_with_the_iteration_and_no_update(tmp_path):

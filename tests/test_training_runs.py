@@ -146,7 +146,8 @@ def test_two_process_ddp_training_on_cpu(project):
     log = ''.join(p.read_text() for p in exp.glob('train_ddp_*.log'))
     assert 'World size (gpu number): 2' in log and log.count('Frozen prior:') == 1  # logged by rank 0 only
     state = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)
-    assert set(state) == {'params'} and not any(k.startswith(('module.', 'prior', 'unet')) for k in state['params'])
+    assert set(state) == {'params', 'config'}
+    assert not any(k.startswith(('module.', 'prior', 'unet')) for k in state['params'])
 
 
 def test_quickstart_options_run_through_the_tools(project):

@@ -255,8 +255,8 @@ class AttentionBlock(nn.Module):
             qkv = qkv.reshape(b, 3, heads, c3 // (3 * heads), t).transpose(1, 2)
         else:
             qkv = qkv.reshape(b, heads, 3, c3 // (3 * heads), t)
-        q, k, v = qkv.unbind(dim=2)
-        return q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        # contiguous: for strided inputs the CPU kernel falls back to materialising the (T, T) matrix
+        return tuple(t.transpose(-1, -2).contiguous() for t in qkv.unbind(dim=2))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape

@@ -28,9 +28,10 @@ _HAE_KINDS = ('sft', 'self')
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, heads, H*W, C/heads)."""
+    """(B, C, H, W) -> (B, heads, H*W, C/heads), contiguous: on the CPU, scaled_dot_product_attention falls back
+    to materialising the whole attention matrix for strided inputs (15 GB for a 1600x1200 image)."""
     b, c = x.shape[:2]
-    return x.reshape(b, heads, c // heads, -1).transpose(-1, -2)
+    return x.reshape(b, heads, c // heads, -1).transpose(-1, -2).contiguous()
 
 
 class ContentIntegration(nn.Module):

@@ -1,6 +1,8 @@
-"""What every difflid model adds to basicsr's SRModel: atomic checkpoints, a NaN guard, more optimizers,
-option checks at start-up, and per-image metric reports at test time. Not registered itself."""
-import csv
+"""ImageRestorationModel: basicsr's SRModel with what long runs and benchmark tables need: atomic
+checkpoints that also record the network options (so tools/infer.py can rebuild the network), a NaN
+guard, more optimizers, option checks at start-up, set-level metrics (FID), and test reports
+(per-image CSV, mean table, side-by-side sheets). difflid's other models build on it; registered, it
+also serves stock basicsr networks and the DCP baseline."""
 import inspect
 from os import path as osp
 
@@ -9,12 +11,14 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import ARCH_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 from tqdm import tqdm
 
+from difflid.metrics import SET_METRICS, require_metric_weights
+from difflid.reports import mean_table, write_metric_csv, write_sheet
 from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
 
-__all__ = ['RestorationModel', 'check_arch_options']
+__all__ = ['ImageRestorationModel', 'RestorationModel', 'check_arch_options']
 
 OPTIMIZERS = ('Adam', 'AdamW', 'Adamax', 'SGD', 'RMSprop')
 
@@ -35,7 +39,11 @@ def check_arch_options(block_name: str, block: dict) -> None:
 
 
 class RestorationModel(SRModel):
-    """SRModel with the behaviour long runs and benchmark tables need (see module docstring)."""
+    """SRModel with the behaviour long runs and benchmark tables need (see module docstring).
+
+    Options beyond SRModel's (``val`` block): ``input_metrics`` (also score the degraded inputs),
+    ``num_sheets`` (input | restored | GT sheets for the first N test images; default 4 at test time).
+    """
 
     def __init__(self, opt: dict) -> None:
         check_arch_options('network_g', opt.get('network_g'))
@@ -43,6 +51,7 @@ class RestorationModel(SRModel):
             optim = opt['train'].get('optim_g', {})
             if optim.get('type') not in OPTIMIZERS:
                 raise KeyError(f"train.optim_g.type must be one of {list(OPTIMIZERS)}, got {optim.get('type')!r}")
+        require_metric_weights((opt.get('val') or {}).get('metrics'))
         super().__init__(opt)
 
     # --- optimisation -------------------------------------------------------------------------------------------
@@ -78,6 +87,8 @@ class RestorationModel(SRModel):
             key: {k.removeprefix('module.'): v.cpu() for k, v in self.get_bare_model(n).state_dict().items()}
             for n, key in zip(nets, keys, strict=True)
         }
+        if net_label == 'net_g':  # lets tools/infer.py rebuild the network from the checkpoint alone
+            save_dict['config'] = {k: self.opt[k] for k in ('network_g', 'network_prior') if k in self.opt}
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
     @master_only
@@ -92,47 +103,62 @@ class RestorationModel(SRModel):
 
     # --- validation and test reports ---------------------------------------------------------------------------
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> None:
-        """SRModel's validation, also keeping per-image metrics; at test time they are written to
-        ``results/<name>/metrics_<set>.csv`` and the means to ``metrics_<set>.md`` (and the log).
-        With ``val.input_metrics: true`` the degraded inputs are scored too (columns ``<metric>_input``)."""
+        """SRModel's validation, keeping per-image metrics and scoring set-level metrics (FID) once per set.
+        At test time it writes ``results/<name>/metrics_<set>.csv`` (per image), ``metrics_<set>.md`` (means,
+        also logged) and ``sheets/<set>/<image>.png`` (input | restored | GT) for the first ``num_sheets`` images."""
         dataset_name = dataloader.dataset.opt['name']
-        metric_opts = self.opt['val'].get('metrics') or {}
-        score_input = bool(self.opt['val'].get('input_metrics', False))
+        val_opt = self.opt['val']
+        metric_opts = val_opt.get('metrics') or {}
+        image_metrics = {n: m for n, m in metric_opts.items() if m['type'] not in SET_METRICS}
+        set_metrics = {n: m for n, m in metric_opts.items() if m['type'] in SET_METRICS}
+        score_input = bool(val_opt.get('input_metrics', False))
+        num_sheets = int(val_opt.get('num_sheets', 0 if self.opt['is_train'] else 4))
         if metric_opts:
             self._initialize_best_metric_results(dataset_name)
-        records = []
-        pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
-        for val_data in dataloader:
+        records, restored_set, gt_set = [], [], []
+        pbar = tqdm(total=len(dataloader), unit='image') if val_opt.get('pbar', False) else None
+        for index, val_data in enumerate(dataloader):
             img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
             self.feed_data(val_data)
             self.test()
             visuals = self.get_current_visuals()
-            restored = tensor2img([visuals['result']])
+            restored, lq = tensor2img([visuals['result']]), tensor2img([visuals['lq']])
+            gt = tensor2img([visuals['gt']]) if 'gt' in visuals else None
             record = {'image': img_name}
-            if 'gt' in visuals and metric_opts:
-                gt = tensor2img([visuals['gt']])
-                data = {'img': restored, 'img2': gt}
-                record.update({name: float(calculate_metric(data, dict(m))) for name, m in metric_opts.items()})
+            if gt is not None:
+                record.update({n: float(calculate_metric({'img': restored, 'img2': gt}, dict(m)))
+                               for n, m in image_metrics.items()})
                 if score_input:
-                    data = {'img': tensor2img([visuals['lq']]), 'img2': gt}
-                    record.update({f'{name}_input': float(calculate_metric(data, dict(m)))
-                                   for name, m in metric_opts.items()})
+                    record.update({f'{n}_input': float(calculate_metric({'img': lq, 'img2': gt}, dict(m)))
+                                   for n, m in image_metrics.items()})
+                if set_metrics:
+                    restored_set.append(restored)
+                    gt_set.append(gt)
             records.append(record)
             self.__dict__.pop('gt', None)
             del self.lq, self.output
             if save_img:
                 imwrite(restored, self._visualization_path(dataset_name, img_name, current_iter))
+            if not self.opt['is_train'] and index < num_sheets:
+                panels = {'input': lq, 'restored': restored, **({'GT': gt} if gt is not None else {})}
+                write_sheet(osp.join(self.opt['path']['results_root'], 'sheets', dataset_name, f'{img_name}.png'),
+                            panels)
             if pbar:
                 pbar.update(1)
         if pbar:
             pbar.close()
-        if metric_opts and records and len(records[0]) > 1:
-            self.metric_results = {name: sum(r[name] for r in records) / len(records) for name in metric_opts}
-            for name, value in self.metric_results.items():
-                self._update_best_metric_result(dataset_name, name, value, current_iter)
-            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-            if not self.opt['is_train']:
-                self._write_reports(dataset_name, records)
+        if not metric_opts or not (gt_set or any(len(r) > 1 for r in records)):
+            return  # nothing to score: no metrics asked for, or no ground truth
+        means = {n: sum(r[n] for r in records) / len(records) for n in records[0] if n != 'image'}
+        for n, m in set_metrics.items():
+            opt = dict(m)
+            means[n] = float(METRIC_REGISTRY.get(opt.pop('type'))(restored_set, gt_set, **opt))
+        self.metric_results = {n: means[n] for n in metric_opts}
+        for name, value in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        if not self.opt['is_train']:
+            self._write_reports(dataset_name, records, means)
 
     def _visualization_path(self, dataset_name: str, img_name: str, current_iter) -> str:
         if self.opt['is_train']:
@@ -141,18 +167,15 @@ class RestorationModel(SRModel):
         return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
 
     @master_only
-    def _write_reports(self, dataset_name: str, records: list[dict]) -> None:
+    def _write_reports(self, dataset_name: str, records: list[dict], means: dict[str, float]) -> None:
         root = self.opt['path']['results_root']
-        names = list(records[0])
-        with atomic_open(osp.join(root, f'metrics_{dataset_name}.csv'), 'w') as f:
-            writer = csv.DictWriter(f, fieldnames=names, lineterminator='\n')
-            writer.writeheader()
-            writer.writerows({k: (f'{v:.6f}' if isinstance(v, float) else v) for k, v in r.items()} for r in records)
-        metrics = names[1:]
-        means = [sum(r[m] for r in records) / len(records) for m in metrics]
-        table = [f'| set | images | {" | ".join(metrics)} |', '|---|---|' + '---|' * len(metrics),
-                 f'| {dataset_name} | {len(records)} | ' + ' | '.join(f'{v:.4f}' for v in means) + ' |']
+        write_metric_csv(osp.join(root, f'metrics_{dataset_name}.csv'), records)
+        table = mean_table({dataset_name: {'images': len(records), **means}})
         with atomic_open(osp.join(root, f'metrics_{dataset_name}.md'), 'w') as f:
-            f.write('\n'.join(table) + '\n')
-        get_root_logger().info('Test metrics (mean over images):\n' + '\n'.join(table))
+            f.write(table)
+        get_root_logger().info('Test metrics (mean over images):\n' + table)
 
+
+@MODEL_REGISTRY.register()
+class ImageRestorationModel(RestorationModel):
+    """RestorationModel for any network ``net_g(lq) -> restored`` (stock basicsr archs, the DCP baseline)."""

@@ -20,9 +20,8 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
 from difflid.archs.hspace_arch import HSpaceExtractor
+from difflid.inference import restore
 from difflid.models.base_restoration import RestorationModel, check_arch_options
-from difflid.utils.padding import pad_to_multiple
-from difflid.utils.tiling import tiled_apply
 
 __all__ = ['DiffLI2DModel']
 
@@ -52,16 +51,13 @@ class DiffLI2DModel(RestorationModel):
             raise ValueError(f'network_g.h_channels is {h_channels} but the prior gives '
                              f'{self.prior.hspace_channels}-channel features; set network_g.h_channels: '
                              f'{self.prior.hspace_channels}')
-        self.t1, self.t2 = self.prior.timesteps
-        get_root_logger().info(f'Frozen prior: {self.prior.unet.__class__.__name__}, h at t1={self.t1}, t2={self.t2}, '
+        t1, t2 = self.prior.timesteps
+        get_root_logger().info(f'Frozen prior: {self.prior.unet.__class__.__name__}, h at t1={t1}, t2={t2}, '
                                f'{self.prior.hspace_channels} channels (not trained, not saved with net_g)')
 
-    def restore(self, net: nn.Module, lq: torch.Tensor, fresh_noise: bool) -> torch.Tensor:
-        """net(lq, h_t1, h_t2) for (B, 3, H, W) lq in [0, 1], any size: padded to the prior's stride, cropped back."""
-        height, width = lq.shape[-2:]
-        padded = pad_to_multiple(lq, self.prior.downsample_factor)
-        feats = self.prior(padded, fresh_noise=fresh_noise)
-        return net(padded, feats[self.t1], feats[self.t2])[..., :height, :width]
+    def restore(self, net: nn.Module, lq: torch.Tensor, fresh_noise: bool, tile: int = 0) -> torch.Tensor:
+        """net(lq, h_t1, h_t2) for (B, 3, H, W) lq in [0, 1] of any size (see ``difflid.inference.restore``)."""
+        return restore(net, lq, self.prior, fresh_noise, tile, self.tile_overlap)
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
@@ -91,8 +87,5 @@ class DiffLI2DModel(RestorationModel):
         was_training = net.training
         net.eval()
 
-        def run(lq: torch.Tensor) -> torch.Tensor:
-            return self.restore(net, lq, fresh_noise=False)
-
-        self.output = tiled_apply(run, self.lq, self.tile, self.tile_overlap) if self.tile else run(self.lq)
+        self.output = self.restore(net, self.lq, fresh_noise=False, tile=self.tile)
         net.train(was_training)

@@ -1,0 +1,115 @@
+"""Restoration outside the training loop: the one place that runs net_g (with or without the frozen
+prior) on images of any size, whole or in overlapping tiles, used by the models and by tools/infer.py."""
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from basicsr.archs import build_network
+from torch import nn
+
+from difflid.archs.hspace_arch import HSpaceExtractor
+from difflid.utils.options import resolve_option_file
+from difflid.utils.padding import pad_to_multiple
+from difflid.utils.tiling import tiled_apply
+
+__all__ = ['Restorer', 'restore']
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def restore(
+    net: nn.Module,
+    lq: torch.Tensor,
+    prior: HSpaceExtractor | None = None,
+    fresh_noise: bool = False,
+    tile: int = 0,
+    tile_overlap: int = 32,
+) -> torch.Tensor:
+    """Restore (B, 3, H, W) images in [0, 1] of any size.
+
+    With a prior, each image (or tile) is reflect-padded to the prior's stride, its h-space features at
+    the prior's two timesteps go to ``net(x, h_t1, h_t2)``, and the result is cropped back. Without one,
+    ``net(x)`` (e.g. DCP or a stock basicsr network). ``tile`` > 0 restores overlapping tiles, blended.
+    """
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if prior is None:
+            return net(x)
+        height, width = x.shape[-2:]
+        padded = pad_to_multiple(x, prior.downsample_factor)
+        feats = prior(padded, fresh_noise=fresh_noise)
+        t1, t2 = prior.timesteps
+        return net(padded, feats[t1], feats[t2])[..., :height, :width]
+
+    return tiled_apply(run, lq, tile, tile_overlap) if tile else run(lq)
+
+
+class Restorer:
+    """A trained model ready for inference on single images.
+
+    Args:
+        network_g: The ``network_g`` option block.
+        network_prior: The ``network_prior`` block, or None for networks without a prior.
+        weights: net_g checkpoint (basicsr format), or None for networks without weights (DCP).
+        param_key: Key of the weights in the checkpoint ('params' or 'params_ema'; falls back to 'params').
+        device: 'cpu' or 'cuda'.
+        dtype: 'fp32', 'bf16' or 'fp16' (autocast; fp16 needs a GPU).
+        tile, tile_overlap: Overlapping tiles of this size (a multiple of 32 with a prior), 0 = whole image.
+    """
+
+    def __init__(self, network_g: dict, network_prior: dict | None = None, weights: str | Path | None = None,
+                 param_key: str = 'params', device: str = 'cpu', dtype: str = 'fp32', tile: int = 0,
+                 tile_overlap: int = 32) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+        if device == 'cuda' and not torch.cuda.is_available():
+            raise ValueError('device cuda asked for, but torch sees no GPU; use --device cpu')
+        if dtype == 'fp16' and device == 'cpu':
+            raise ValueError('fp16 needs a GPU; use --dtype bf16 or fp32 on the CPU')
+        if tile and network_prior and tile % 32:
+            raise ValueError(f'tile must be a multiple of 32 with a diffusion prior, got {tile}')
+        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.tile, self.tile_overlap = tile, tile_overlap
+        self.net = build_network(dict(network_g))
+        if weights is not None:
+            state = torch.load(weights, map_location='cpu', weights_only=True)
+            if not isinstance(state, dict) or not ({param_key, 'params'} & set(state)):
+                raise ValueError(f'{weights} is not a basicsr net_g checkpoint (no {param_key!r} or params)')
+            params = state[param_key] if param_key in state else state['params']
+            self.net.load_state_dict({k.removeprefix('module.'): v for k, v in params.items()}, strict=True)
+        self.net.to(self.device).eval()
+        self.prior = build_network(dict(network_prior)).to(self.device) if network_prior else None
+
+    @classmethod
+    def from_file(cls, path: str | Path, root: str | Path, **kwargs) -> 'Restorer':
+        """From a test/training option file (YAML) or from a checkpoint that difflid saved (.pth)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f'{path} not found: give an option file (.yml) or a checkpoint (.pth)')
+        if path.suffix in ('.yml', '.yaml'):
+            from difflid.utils.options import training_to_test_options
+
+            opt = yaml.safe_load(resolve_option_file(path).read_text(encoding='utf-8'))
+            if 'train' in opt or 'train' in (opt.get('datasets') or {}):
+                opt = training_to_test_options(opt, Path(root))
+            if 'network_g' not in opt:
+                raise KeyError(f'{path} has no network_g block')
+            opt_path = opt.get('path') or {}
+            weights = opt_path.get('pretrain_network_g')
+            return cls(opt['network_g'], opt.get('network_prior'), weights, opt_path.get('param_key_g', 'params'),
+                       **kwargs)
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        config = state.get('config') if isinstance(state, dict) else None
+        if not config:
+            raise ValueError(f'{path} holds no network options (only checkpoints saved by difflid do); '
+                             'pass the test option file with -opt instead')
+        return cls(config['network_g'], config.get('network_prior'), path, 'params_ema' if 'params_ema' in state
+                   else 'params', **kwargs)
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) float32 RGB in [0, 1] -> restored (H, W, 3) float32 RGB in [0, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = restore(self.net, x, self.prior, tile=self.tile, tile_overlap=self.tile_overlap)
+        return out[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()

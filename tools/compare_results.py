@@ -1,0 +1,29 @@
+"""Compare methods' test results in one table: python tools/compare_results.py results/A results/B [--names A B]
+
+Reads each folder's metrics_<set>.csv (written by tools/test.py) and prints, per test set found in all of
+them, the mean of every metric per method (best in bold) and on how many images each method beats the first.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from difflid.reports import compare_results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('folders', nargs='+', help='results/<name> folders')
+    parser.add_argument('--names', nargs='+', help='method names (default: folder names)')
+    parser.add_argument('--output', help='also write the table to this Markdown file')
+    args = parser.parse_args()
+    try:
+        table = compare_results(args.folders, args.names)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'error: {err}')
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table, encoding='utf-8')
+
+
+if __name__ == '__main__':
+    main()

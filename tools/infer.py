@@ -1,0 +1,87 @@
+"""Restore your own images (no ground truth needed), any size and aspect ratio.
+
+    python tools/infer.py -opt options/test_sots_indoor.yml --input photos/ --output restored/
+    python tools/infer.py -opt experiments/quickstart/models/net_g_latest.pth -i hazy.jpg -o out/ --tile 512
+
+-opt takes a test or training option file (a training file uses that run's latest weights) or a checkpoint
+that difflid saved. Outputs keep the input file names (extension from --ext) and their bit depth, grey/RGB
+and alpha; unreadable files are skipped with a warning; inputs are never overwritten.
+"""
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+import difflid  # noqa: F401  registers difflid and patches basicsr
+
+# isort: split
+import torch
+from tqdm import tqdm
+
+from difflid.image_io import read_image, write_like
+from difflid.inference import Restorer
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'}
+
+
+def collect_inputs(spec: str) -> list[Path]:
+    """A file, a folder (its images, sorted) or a glob pattern."""
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    if path.is_file():
+        return [path]
+    matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if not matches:
+        raise FileNotFoundError(f'--input {spec}: no such file or folder, and no file matches it as a pattern')
+    return matches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-opt', required=True, help='test/training option file (.yml) or difflid checkpoint (.pth)')
+    parser.add_argument('-i', '--input', required=True, help='image file, folder or glob pattern')
+    parser.add_argument('-o', '--output', required=True, help='output folder')
+    parser.add_argument('--tile', type=int, default=0, help='tile size for large images (multiple of 32; 0 = whole)')
+    parser.add_argument('--tile-overlap', type=int, default=32, help='overlap between tiles, in pixels')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
+    parser.add_argument('--ext', default='png', help="output format: png (default), tif, jpg, ... or 'same'")
+    args = parser.parse_args()
+
+    try:
+        inputs = collect_inputs(args.input)
+        restorer = Restorer.from_file(args.opt, ROOT, device=args.device, dtype=args.dtype, tile=args.tile,
+                                      tile_overlap=args.tile_overlap)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        sys.exit(f'error: {err}')
+    out_dir = Path(args.output)
+    restored, skipped, notes = 0, [], []
+    for path in tqdm(inputs, unit='image'):
+        target = out_dir / (path.name if args.ext == 'same' else f'{path.stem}.{args.ext.lstrip(".")}')
+        if target.resolve() == path.resolve():
+            skipped.append((path, 'output would overwrite the input; choose another --output'))
+            continue
+        try:
+            image = read_image(path)
+        except ValueError as err:
+            tqdm.write(f'warning: skipping {err}')
+            skipped.append((path, str(err)))
+            continue
+        write_like(target, restorer(image.rgb), image)
+        restored += 1
+        if image.note:
+            notes.append(f'{path.name}: {image.note}')
+    print(f'restored {restored} of {len(inputs)} images into {out_dir}')
+    for note in notes:
+        print(f'  {note}')
+    if skipped:
+        print(f'skipped {len(skipped)}:')
+        for path, reason in skipped:
+            print(f'  {path}: {reason}')
+    sys.exit(1 if skipped and not restored else 0)
+
+
+if __name__ == '__main__':
+    main()
