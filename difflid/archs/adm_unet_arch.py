@@ -438,6 +438,12 @@ class ADMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Full UNet output (B, 6 or 3, H, W): ε (and the variance interpolation when learn_sigma)."""
+        return self.forward_with_hspace(x, t, y)[0]
+
+    def forward_with_hspace(
+        self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full output and h-space from one pass (what DiffLoss needs)."""
         if self.encoder_only:
             raise RuntimeError('this ADMUNet was built with encoder_only=True: only forward_hspace is available')
         f = self.downsample_factor
@@ -445,10 +451,11 @@ class ADMUNet(nn.Module):
             raise ValueError(f'the full UNet needs H and W divisible by {f}, got {tuple(x.shape[-2:])}; '
                              'pad the input (difflid.utils.pad_to_multiple)')
         with self._autocast(x):
-            h, emb, skips = self._encode(x, t, y, keep_skips=True)
+            hspace, emb, skips = self._encode(x, t, y, keep_skips=True)
+            h = hspace
             for block in self.output_blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
-            return self.out(h)
+            return self.out(h), hspace
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load a guided-diffusion state dict. An encoder-only model drops the decoder keys

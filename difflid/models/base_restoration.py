@@ -7,11 +7,12 @@ import inspect
 from os import path as osp
 
 import torch
+from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import ARCH_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 from tqdm import tqdm
 
 from difflid.metrics import SET_METRICS, require_metric_weights
@@ -23,14 +24,14 @@ __all__ = ['ImageRestorationModel', 'RestorationModel', 'check_arch_options']
 OPTIMIZERS = ('Adam', 'AdamW', 'Adamax', 'SGD', 'RMSprop')
 
 
-def check_arch_options(block_name: str, block: dict) -> None:
-    """Fail at start-up, naming the block and key, if an arch block has no/unknown ``type`` or unknown keys."""
+def check_arch_options(block_name: str, block: dict, registry=ARCH_REGISTRY) -> None:
+    """Fail at start-up, naming the block and key, if a block has no/unknown ``type`` or unknown keys."""
     if not isinstance(block, dict) or 'type' not in block:
-        raise KeyError(f"option block '{block_name}' needs a 'type' (a registered arch, e.g. DiffLI2D)")
-    if block['type'] not in ARCH_REGISTRY:
-        raise KeyError(f"{block_name}.type: no arch named {block['type']!r}; "
-                       f'registered: {sorted(ARCH_REGISTRY.keys())}')
-    params = inspect.signature(ARCH_REGISTRY.get(block['type'])).parameters
+        raise KeyError(f"option block '{block_name}' needs a 'type' (a registered class, e.g. DiffLI2D)")
+    if block['type'] not in registry:
+        raise KeyError(f"{block_name}.type: nothing named {block['type']!r} is registered; "
+                       f'registered: {sorted(registry.keys())}')
+    params = inspect.signature(registry.get(block['type'])).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     unknown = sorted(set(block) - {'type'} - set(params))
@@ -41,8 +42,9 @@ def check_arch_options(block_name: str, block: dict) -> None:
 class RestorationModel(SRModel):
     """SRModel with the behaviour long runs and benchmark tables need (see module docstring).
 
-    Options beyond SRModel's (``val`` block): ``input_metrics`` (also score the degraded inputs),
-    ``num_sheets`` (input | restored | GT sheets for the first N test images; default 4 at test time).
+    Options beyond SRModel's: ``train.diff_opt`` (a DiffLoss block, logged as l_diff_eps and l_diff_h),
+    ``val.input_metrics`` (also score the degraded inputs), ``val.num_sheets`` (input | restored | GT sheets
+    for the first N test images; default 4 at test time).
     """
 
     def __init__(self, opt: dict) -> None:
@@ -51,8 +53,42 @@ class RestorationModel(SRModel):
             optim = opt['train'].get('optim_g', {})
             if optim.get('type') not in OPTIMIZERS:
                 raise KeyError(f"train.optim_g.type must be one of {list(OPTIMIZERS)}, got {optim.get('type')!r}")
+            if opt['train'].get('diff_opt'):
+                check_arch_options('train.diff_opt', opt['train']['diff_opt'], LOSS_REGISTRY)
         require_metric_weights((opt.get('val') or {}).get('metrics'))
         super().__init__(opt)
+
+    def init_training_settings(self) -> None:
+        """SRModel's (EMA, pixel/perceptual losses, optimizer, schedulers), plus ``train.diff_opt`` (DiffLoss)."""
+        super().init_training_settings()
+        diff_opt = self.opt['train'].get('diff_opt')
+        self.cri_diff = self.build_diff_loss(dict(diff_opt)) if diff_opt else None
+
+    def build_diff_loss(self, diff_opt: dict) -> torch.nn.Module:
+        return build_loss(diff_opt).to(self.device)
+
+    def restore_train(self) -> torch.Tensor:
+        """The training forward: net_g on the batch (models with extra inputs override this)."""
+        return self.net_g(self.lq)
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        self.output = self.restore_train()
+        losses = {}
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_perceptual:
+            losses['l_percep'], losses['l_style'] = self.cri_perceptual(self.output, self.gt)
+        if self.cri_diff:
+            losses['l_diff_eps'], losses['l_diff_h'] = self.cri_diff(self.output, self.gt)
+        losses = {name: value for name, value in losses.items() if value is not None}
+        l_total = sum(losses.values())
+        self.check_finite(l_total, current_iter)
+        l_total.backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(losses)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
 
     # --- optimisation -------------------------------------------------------------------------------------------
     def setup_optimizers(self) -> None:

@@ -12,6 +12,7 @@ Options beyond basicsr's:
         give identical outputs.
     val.tile / val.tile_overlap: restore images in overlapping tiles of this size (a multiple of 32;
         0 = whole image, the default), blended without seams.
+    train.diff_opt: a DiffLoss block; when it names the prior's weights it uses the prior's UNet.
 """
 import torch
 from basicsr.archs import build_network
@@ -19,8 +20,10 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
+from difflid.archs.adm_unet_arch import adm_flags
 from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.inference import restore
+from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.base_restoration import RestorationModel, check_arch_options
 
 __all__ = ['DiffLI2DModel']
@@ -44,8 +47,15 @@ class DiffLI2DModel(RestorationModel):
         if self.tile and not 0 <= self.tile_overlap < self.tile:
             raise ValueError(f'val.tile_overlap must be in [0, val.tile), got {self.tile_overlap}')
         self.fresh_prior_noise = bool((opt.get('train') or {}).get('fresh_prior_noise', True))
+        # built before SRModel's set-up, so that a DiffLoss can share its UNet
+        self.opt = opt
+        diff_opt = (opt.get('train') or {}).get('diff_opt') if opt['is_train'] else None
+        prior_opt = dict(opt['network_prior'])
+        if self._shares_prior(diff_opt) and diff_opt.get('eps_weight', 1e-3):
+            prior_opt['encoder_only'] = False  # DiffLoss's ε term needs the decoder too
+        device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
+        self.prior: HSpaceExtractor = build_network(prior_opt).to(device)
         super().__init__(opt)
-        self.prior: HSpaceExtractor = build_network(dict(opt['network_prior'])).to(self.device)
         h_channels = getattr(self.get_bare_model(self.net_g), 'h_channels', self.prior.hspace_channels)
         if h_channels != self.prior.hspace_channels:
             raise ValueError(f'network_g.h_channels is {h_channels} but the prior gives '
@@ -59,26 +69,27 @@ class DiffLI2DModel(RestorationModel):
         """net(lq, h_t1, h_t2) for (B, 3, H, W) lq in [0, 1] of any size (see ``difflid.inference.restore``)."""
         return restore(net, lq, self.prior, fresh_noise, tile, self.tile_overlap)
 
-    def optimize_parameters(self, current_iter: int) -> None:
-        self.optimizer_g.zero_grad()
-        self.output = self.restore(self.net_g, self.lq, fresh_noise=self.fresh_prior_noise)
-        loss_dict = {}
-        l_total = 0
-        if self.cri_pix:
-            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
-            l_total = l_total + loss_dict['l_pix']
-        if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
-            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
-                if value is not None:
-                    loss_dict[name] = value
-                    l_total = l_total + value
-        self.check_finite(l_total, current_iter)
-        l_total.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+    def restore_train(self) -> torch.Tensor:
+        return self.restore(self.net_g, self.lq, fresh_noise=self.fresh_prior_noise)
+
+    def build_diff_loss(self, diff_opt: dict) -> nn.Module:
+        """DiffLoss on the prior's own UNet when both name the same weights: one copy per process."""
+        if not self._shares_prior(diff_opt):
+            return super().build_diff_loss(diff_opt)
+        diff_opt.pop('type')
+        for key in ('unet', 'checkpoint', 'random_weights', 'init_seed'):
+            diff_opt.pop(key, None)
+        get_root_logger().info('DiffLoss uses the frozen prior\'s UNet (one copy of the weights)')
+        return DiffLoss(**diff_opt, shared_unet=self.prior.unet).to(self.device)
+
+    def _shares_prior(self, diff_opt: dict | None) -> bool:
+        if not diff_opt or diff_opt.get('type') != 'DiffLoss':
+            return False
+        prior = self.opt['network_prior']
+        same = [adm_flags(diff_opt.get('unet', 'adm256_uncond')) == adm_flags(prior.get('unet', 'adm256_uncond'))]
+        same += [diff_opt.get(k, d) == prior.get(k, d) for k, d in (('checkpoint', None), ('random_weights', False),
+                                                                    ('init_seed', 0))]
+        return all(same)
 
     @torch.no_grad()
     def test(self) -> None:

@@ -1,0 +1,124 @@
+"""DiffLoss: a frozen diffusion model as an auxiliary restoration loss.
+
+Paper: "Diffusion Models as Plug-and-Play Priors / DiffLoss" (Tan et al., arXiv 2406.19030). The restored
+image ŷ and the ground truth y (both in [0, 1], mapped to [-1, 1]) are noised with the same timestep t and
+the same noise ε per sample, and sent through the frozen ADM UNet in one batched pass. The loss compares
+what the UNet sees in them:
+
+    eps_weight · MSE(ε̂(ŷ_t), ε̂(y_t))  +  h_weight · MSE(h(ŷ_t), h(y_t))
+
+(naturalness in ε-space, semantics in h-space; the paper's code weights 1e-3 and 1e-6). Unlike the
+authors' release, which computes both terms under ``no_grad`` so that they train nothing
+(``shared/reference/official_code.md`` §7), gradients flow through the frozen UNet into ŷ and so into
+the restoration network; the UNet's own parameters never receive gradients.
+"""
+import torch
+from basicsr.utils.registry import LOSS_REGISTRY
+from torch import nn
+from torch.nn import functional as F
+
+from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
+from difflid.archs.hspace_arch import load_adm_checkpoint
+from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.utils.padding import pad_to_multiple
+
+__all__ = ['DiffLoss']
+
+_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+
+
+@LOSS_REGISTRY.register()
+class DiffLoss(nn.Module):
+    """Diffusion-model loss between a restored image and its ground truth.
+
+    Args:
+        eps_weight: Weight of the ε-space term (0 switches it off, and the decoder is not run).
+        h_weight: Weight of the h-space term (0 switches it off).
+        t_range: Inclusive range [t_min, t_max] of the timestep drawn uniformly per sample.
+        unet: ADM preset name or guided-diffusion flags (as HSpaceExtractor).
+        checkpoint: guided-diffusion state dict (e.g. pretrained/256x256_diffusion_uncond.pt).
+        random_weights: Allow ``checkpoint: ~`` (random UNet, for tests only).
+        init_seed: Seed of those random weights.
+        use_checkpoint: Gradient checkpointing inside the UNet (less activation memory, one more forward).
+        dtype: 'fp32' or 'bf16' (autocast for the UNet pass; the loss itself stays fp32).
+        num_diffusion_steps: T of the linear β schedule.
+        loss_weight: Overall factor (basicsr convention), applied to both terms.
+        shared_unet: An already loaded frozen UNet to use instead of building one (DiffLI2DModel passes its
+            prior's, so that the weights exist once per process). Not a YAML key.
+    """
+
+    def __init__(
+        self,
+        eps_weight: float = 1e-3,
+        h_weight: float = 1e-6,
+        t_range: tuple[int, int] = (0, 999),
+        unet: str | dict = 'adm256_uncond',
+        checkpoint: str | None = None,
+        random_weights: bool = False,
+        init_seed: int = 0,
+        use_checkpoint: bool = False,
+        dtype: str = 'fp32',
+        num_diffusion_steps: int = 1000,
+        loss_weight: float = 1.0,
+        shared_unet: ADMUNet | None = None,
+    ) -> None:
+        super().__init__()
+        if eps_weight < 0 or h_weight < 0 or eps_weight == h_weight == 0:
+            raise ValueError(f'DiffLoss: eps_weight and h_weight must be >= 0 and not both 0, got {eps_weight}, '
+                             f'{h_weight}')
+        t_min, t_max = (int(v) for v in t_range)
+        if not 0 <= t_min <= t_max < num_diffusion_steps:
+            raise ValueError(f'DiffLoss: t_range must satisfy 0 <= t_min <= t_max < {num_diffusion_steps}, '
+                             f'got {list(t_range)}')
+        if dtype not in _DTYPES:
+            raise ValueError(f'DiffLoss: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}')
+        self.eps_weight, self.h_weight, self.loss_weight = eps_weight * loss_weight, h_weight * loss_weight, loss_weight
+        self.t_min, self.t_max, self.dtype = t_min, t_max, _DTYPES[dtype]
+        if shared_unet is None:
+            if checkpoint is None and not random_weights:
+                raise ValueError('DiffLoss: set checkpoint (pretrained/256x256_diffusion_uncond.pt, see README) '
+                                 'or, for tests only, random_weights: true')
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                shared_unet = ADMUNet(**adm_flags(unet), encoder_only=eps_weight == 0)
+            if checkpoint is not None:
+                load_adm_checkpoint(shared_unet, checkpoint)
+        elif eps_weight and shared_unet.encoder_only:
+            raise ValueError('DiffLoss: the ε term needs the full UNet, but the shared one is encoder-only')
+        # NOTE: a list, not a submodule, so a shared UNet is neither saved again nor moved twice with this loss
+        self._unet = [shared_unet.eval().requires_grad_(False)]
+        if use_checkpoint:
+            for module in shared_unet.modules():
+                if hasattr(module, 'use_checkpoint'):
+                    module.use_checkpoint = True
+        self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps), persistent=False)
+
+    @property
+    def unet(self) -> ADMUNet:
+        return self._unet[0]
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda() move the (unregistered) UNet too
+        self._unet[0]._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(l_eps, l_h) for (B, 3, H, W) images in [0, 1]; a term is None when its weight is 0."""
+        b = restored.shape[0]
+        x0 = to_diffusion_range(pad_to_multiple(torch.cat([restored, gt.detach()]), self.unet.downsample_factor))
+        t = torch.randint(self.t_min, self.t_max + 1, (b,), device=x0.device)
+        noise = torch.randn_like(x0[:b])
+        # the same t and ε for ŷ and y: their difference after noising is sqrt(ᾱ_t)·(ŷ - y), nothing random
+        x_t = q_sample(x0, t.repeat(2), noise.repeat(2, 1, 1, 1), self.alphas_cumprod)
+        with torch.autocast(x_t.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            if self.eps_weight:
+                out, h = self.unet.forward_with_hspace(x_t, t.repeat(2))
+            else:
+                out, h = None, self.unet.forward_hspace(x_t, t.repeat(2))
+        l_eps = l_h = None
+        if self.eps_weight:
+            eps_hat = out[:, :3].float()  # with learn_sigma the other 3 channels are the variance
+            l_eps = self.eps_weight * F.mse_loss(eps_hat[:b], eps_hat[b:].detach())
+        if self.h_weight:
+            h = h.float()
+            l_h = self.h_weight * F.mse_loss(h[:b], h[b:].detach())
+        return l_eps, l_h
