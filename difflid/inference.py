@@ -9,9 +9,9 @@ from basicsr.archs import build_network
 from torch import nn
 
 from difflid.archs.hspace_arch import HSpaceExtractor
-from difflid.utils.options import resolve_option_file
+from difflid.utils.options import resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
-from difflid.utils.tiling import tiled_apply
+from difflid.utils.tiling import check_tiling, tiled_apply
 
 __all__ = ['Restorer', 'restore']
 
@@ -66,8 +66,7 @@ class Restorer:
             raise ValueError('device cuda asked for, but torch sees no GPU; use --device cpu')
         if dtype == 'fp16' and device == 'cpu':
             raise ValueError('fp16 needs a GPU; use --dtype bf16 or fp32 on the CPU')
-        if tile and network_prior and tile % 32:
-            raise ValueError(f'tile must be a multiple of 32 with a diffusion prior, got {tile}')
+        check_tiling(tile, tile_overlap, 32 if network_prior else 1)
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
         self.tile, self.tile_overlap = tile, tile_overlap
         self.net = build_network(dict(network_g))
@@ -87,8 +86,6 @@ class Restorer:
         if not path.is_file():
             raise FileNotFoundError(f'{path} not found: give an option file (.yml) or a checkpoint (.pth)')
         if path.suffix in ('.yml', '.yaml'):
-            from difflid.utils.options import training_to_test_options
-
             opt = yaml.safe_load(resolve_option_file(path).read_text(encoding='utf-8'))
             if 'train' in opt or 'train' in (opt.get('datasets') or {}):
                 opt = training_to_test_options(opt, Path(root))

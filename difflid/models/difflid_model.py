@@ -25,6 +25,7 @@ from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.inference import restore
 from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.base_restoration import RestorationModel, check_arch_options
+from difflid.utils.tiling import check_tiling
 
 __all__ = ['DiffLI2DModel']
 
@@ -42,10 +43,7 @@ class DiffLI2DModel(RestorationModel):
             raise ValueError(f'network_prior.timesteps must be [t1, t2] (content, haze), got {timesteps}')
         val_opt = opt.get('val') or {}
         self.tile, self.tile_overlap = int(val_opt.get('tile', 0) or 0), int(val_opt.get('tile_overlap', 32))
-        if self.tile and self.tile % 32:
-            raise ValueError(f'val.tile must be 0 (off) or a multiple of 32, got {self.tile}')
-        if self.tile and not 0 <= self.tile_overlap < self.tile:
-            raise ValueError(f'val.tile_overlap must be in [0, val.tile), got {self.tile_overlap}')
+        check_tiling(self.tile, self.tile_overlap, 32, ('val.tile', 'val.tile_overlap'))
         self.fresh_prior_noise = bool((opt.get('train') or {}).get('fresh_prior_noise', True))
         # built before SRModel's set-up, so that a DiffLoss can share its UNet
         self.opt = opt
@@ -97,6 +95,5 @@ class DiffLI2DModel(RestorationModel):
         net = getattr(self, 'net_g_ema', self.net_g)
         was_training = net.training
         net.eval()
-
         self.output = self.restore(net, self.lq, fresh_noise=False, tile=self.tile)
         net.train(was_training)

@@ -3,7 +3,18 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ['tiled_apply']
+__all__ = ['check_tiling', 'tiled_apply']
+
+
+def check_tiling(tile: int, overlap: int, multiple: int = 1, names: tuple[str, str] = ('tile', 'tile_overlap')) -> None:
+    """ValueError naming the options unless tile is 0 (off) or a positive multiple of ``multiple`` with
+    0 <= overlap < tile (a diffusion prior needs tiles that are multiples of its stride, 32)."""
+    if tile == 0:
+        return
+    if tile < 0 or tile % multiple:
+        raise ValueError(f'{names[0]} must be 0 (off) or a multiple of {multiple}, got {tile}')
+    if not 0 <= overlap < tile:
+        raise ValueError(f'{names[1]} must be in [0, {names[0]}), got {overlap}')
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -29,8 +40,9 @@ def tiled_apply(
     Each output pixel is the weighted mean of the tiles covering it, with weights that fall off
     linearly towards tile edges, so there are no seams. ``fn`` must keep the spatial size.
     """
-    if tile <= 0 or not 0 <= overlap < tile:
-        raise ValueError(f'tiling needs tile > 0 and 0 <= tile_overlap < tile, got tile={tile}, overlap={overlap}')
+    if tile <= 0:
+        raise ValueError(f'tiled_apply needs tile > 0, got {tile}')
+    check_tiling(tile, overlap)
     height, width = x.shape[-2:]
     th, tw = min(tile, height), min(tile, width)
     out = weights = None
