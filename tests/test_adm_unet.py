@@ -161,6 +161,18 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert ((low - ref).norm() / ref.norm()) < 3e-2
 
 
+def test_use_fp16_runs_in_half_precision_and_returns_the_input_dtype():
+    torch.manual_seed(0)
+    ref = ADMUNet(**TINY).eval()
+    half = ADMUNet(**TINY, use_fp16=True).eval()
+    half.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, out = ref(x, 10), half(x, 10)
+    assert out.dtype == torch.float32 and half.forward_hspace(x, 10).dtype == torch.float32
+    assert 0 < ((out - expected).norm() / expected.norm()) < 1e-2  # fp16 rounding, nothing worse
+
+
 def test_full_forward_rejects_sizes_it_cannot_decode():
     net = ADMUNet(**TINY).eval()
     with pytest.raises(ValueError, match='divisible by 32'):

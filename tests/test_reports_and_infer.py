@@ -42,10 +42,21 @@ def test_dcp_dehazes_a_synthetic_hazy_photo():
     np.testing.assert_allclose(net(batch)[1].permute(1, 2, 0).numpy(), restored, atol=1e-6)
 
 
+def test_dcp_restorer_from_a_test_option_file(tmp_path):
+    option = tmp_path / 'dcp.yml'
+    option.write_text('name: dcp\nmodel_type: ImageRestorationModel\nnetwork_g: {type: DCP}\n'
+                      'path: {pretrain_network_g: ~}\n')
+    restorer = Restorer.from_file(option, tmp_path)
+    clear, hazy = _hazy_photo()
+    restored = restorer(hazy[..., ::-1].copy())
+    np.testing.assert_allclose(restored, dehaze_dcp(hazy[..., ::-1].copy()), atol=1e-5)
+
+
 def test_compare_results_tables_two_methods(tmp_path):
-    write_metric_csv(tmp_path / 'A' / 'metrics_SOTS.csv' if (tmp_path / 'A').mkdir() is None else None,
-                     [{'image': 'x', 'psnr': 20.0, 'lpips': 0.2}, {'image': 'y', 'psnr': 30.0, 'lpips': 0.1}])
+    (tmp_path / 'A').mkdir()
     (tmp_path / 'B').mkdir()
+    write_metric_csv(tmp_path / 'A' / 'metrics_SOTS.csv',
+                     [{'image': 'x', 'psnr': 20.0, 'lpips': 0.2}, {'image': 'y', 'psnr': 30.0, 'lpips': 0.1}])
     write_metric_csv(tmp_path / 'B' / 'metrics_SOTS.csv',
                      [{'image': 'x', 'psnr': 22.0, 'lpips': 0.3}, {'image': 'y', 'psnr': 29.0, 'lpips': 0.05}])
     assert read_metric_csv(tmp_path / 'B' / 'metrics_SOTS.csv')[1] == {'image': 'y', 'psnr': 29.0, 'lpips': 0.05}

@@ -434,7 +434,7 @@ class ADMUNet(nn.Module):
         """
         with self._autocast(x):
             h, _, _ = self._encode(x, t, y, keep_skips=False)
-        return h
+        return h.to(x.dtype) if self.dtype != x.dtype else h
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Full UNet output (B, 6 or 3, H, W): ε (and the variance interpolation when learn_sigma)."""
@@ -455,7 +455,10 @@ class ADMUNet(nn.Module):
             h = hspace
             for block in self.output_blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
-            return self.out(h), hspace
+            out = self.out(h)
+        if self.dtype != x.dtype:  # use_fp16: computed in half precision, returned in the input's dtype
+            out, hspace = out.to(x.dtype), hspace.to(x.dtype)
+        return out, hspace
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load a guided-diffusion state dict. An encoder-only model drops the decoder keys
