@@ -26,6 +26,7 @@ setup(
         'opencv-python',
         'lpips',
         'pytorch-fid',
+        'scipy<1.18',  # pytorch-fid 0.3.0 calls linalg.sqrtm(disp=...), which SciPy 1.18 removes
         'pyyaml',
         'timm',
         'tensorboard',
