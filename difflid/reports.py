@@ -37,8 +37,10 @@ def mean_table(rows: dict[str, dict[str, float]], first_column: str = 'set') -> 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
     img = img.copy()
     scale = max(0.4, img.shape[1] / 600)
-    cv2.putText(img, text, (6, int(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(img, text, (6, int(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    (_, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
+    origin = (6, height + 6)  # baseline below the text's full height: nothing clipped at the top
+    cv2.putText(img, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return img
 
 
