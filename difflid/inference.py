@@ -9,13 +9,12 @@ from basicsr.archs import build_network
 from torch import nn
 
 from difflid.archs.hspace_arch import HSpaceExtractor
-from difflid.utils.options import resolve_option_file, training_to_test_options
+from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
+from difflid.utils.precision import DTYPES
 from difflid.utils.tiling import check_tiling, tiled_apply
 
 __all__ = ['Restorer', 'restore']
-
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def restore(
@@ -87,7 +86,7 @@ class Restorer:
             raise FileNotFoundError(f'{path} not found: give an option file (.yml) or a checkpoint (.pth)')
         if path.suffix in ('.yml', '.yaml'):
             opt = yaml.safe_load(resolve_option_file(path).read_text(encoding='utf-8'))
-            if 'train' in opt or 'train' in (opt.get('datasets') or {}):
+            if is_training_options(opt):
                 opt = training_to_test_options(opt, Path(root))
             if 'network_g' not in opt:
                 raise KeyError(f'{path} has no network_g block')

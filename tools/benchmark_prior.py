@@ -15,8 +15,7 @@ import torch
 
 from difflid.archs.adm_unet_arch import ADM_PRESETS, ADMUNet, adm_flags
 from difflid.utils.padding import pad_to_multiple
-
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+from difflid.utils.precision import DTYPES
 
 
 def _sync(device: torch.device) -> None:

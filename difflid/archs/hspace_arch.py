@@ -19,6 +19,7 @@ from torch import nn
 from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags
 from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
 from difflid.utils.padding import pad_to_multiple
+from difflid.utils.precision import DTYPES
 
 __all__ = ['HSpaceExtractor', 'load_adm_checkpoint']
 
@@ -31,7 +32,6 @@ ADM_CHECKPOINT_HELP = (
     'pretrained/256x256_diffusion_uncond.pt, or set the `checkpoint` key of the prior block '
     '(`network_prior: checkpoint:` in the option file) to where it is.')
 
-_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 _MAX_LISTED = 5
 
 
@@ -121,13 +121,13 @@ class HSpaceExtractor(nn.Module):
         self.timesteps = [self._check_timestep(t, num_diffusion_steps) for t in timesteps]
         if not self.timesteps:
             raise ValueError('HSpaceExtractor: timesteps is empty; give at least one, e.g. [0, 500]')
-        if dtype not in _DTYPES:
-            raise ValueError(f'HSpaceExtractor: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}')
+        if dtype not in DTYPES:
+            raise ValueError(f'HSpaceExtractor: dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
         if checkpoint is None and not random_weights:
             raise ValueError(f'HSpaceExtractor: no checkpoint given. {ADM_CHECKPOINT_HELP} '
                              '(For tests and demos only, `random_weights: true` builds a random prior.)')
         self.seed = seed
-        self.dtype = _DTYPES[dtype]
+        self.dtype = DTYPES[dtype]
         flags = adm_flags(unet)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)

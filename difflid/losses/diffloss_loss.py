@@ -21,10 +21,11 @@ from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
 from difflid.archs.hspace_arch import load_adm_checkpoint
 from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
 from difflid.utils.padding import pad_to_multiple
+from difflid.utils.precision import DTYPES
 
 __all__ = ['DiffLoss']
 
-_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+_DTYPES = {name: DTYPES[name] for name in ('fp32', 'bf16')}  # no fp16: basicsr's loop has no loss scaling
 
 
 @LOSS_REGISTRY.register()
@@ -72,7 +73,7 @@ class DiffLoss(nn.Module):
                              f'got {list(t_range)}')
         if dtype not in _DTYPES:
             raise ValueError(f'DiffLoss: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}')
-        self.eps_weight, self.h_weight, self.loss_weight = eps_weight * loss_weight, h_weight * loss_weight, loss_weight
+        self.eps_weight, self.h_weight = eps_weight * loss_weight, h_weight * loss_weight
         self.t_min, self.t_max, self.dtype = t_min, t_max, _DTYPES[dtype]
         if shared_unet is None:
             if checkpoint is None and not random_weights:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ['prepare_argv', 'resolve_option_file', 'training_to_test_options']
+__all__ = ['is_training_options', 'prepare_argv', 'resolve_option_file', 'training_to_test_options']
 
 
 def resolve_option_file(path: str | Path) -> Path:
@@ -41,6 +41,11 @@ def resolve_option_file(path: str | Path) -> Path:
     header = f'# {path.name} with its _base_ files {bases} merged by difflid (source: {path.resolve()})\n'
     out.write_text(header + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding='utf-8')
     return out
+
+
+def is_training_options(opt: dict) -> bool:
+    """Whether parsed options describe a training run (a ``train`` block or a train dataset)."""
+    return 'train' in opt or 'train' in (opt.get('datasets') or {})
 
 
 def training_to_test_options(opt: dict, root: Path) -> dict:
@@ -83,7 +88,7 @@ def prepare_argv(argv: list[str], root: Path | None = None) -> list[str]:
             resolved = resolve_option_file(out[i])
             if root is not None:
                 opt = yaml.safe_load(resolved.read_text(encoding='utf-8'))
-                if 'train' in opt or 'train' in (opt.get('datasets') or {}):
+                if is_training_options(opt):
                     resolved = Path(tempfile.mkdtemp(prefix='difflid_opt_')) / resolved.name
                     resolved.write_text(yaml.safe_dump(training_to_test_options(opt, root), sort_keys=False),
                                         encoding='utf-8')
