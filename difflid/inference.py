@@ -11,7 +11,8 @@ from torch import nn
 from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
-from difflid.utils.precision import DTYPES
+from difflid.utils.paths import locate_paths
+from difflid.utils.precision import DTYPES, autocast
 from difflid.utils.tiling import check_tiling, tiled_apply
 
 __all__ = ['Restorer', 'restore']
@@ -29,14 +30,15 @@ def restore(
 
     With a prior, each image (or tile) is reflect-padded to the prior's stride, its h-space features at
     the prior's two timesteps go to ``net(x, h_t1, h_t2)``, and the result is cropped back. Without one,
-    ``net(x)`` (e.g. DCP or a stock basicsr network). ``tile`` > 0 restores overlapping tiles, blended.
+    ``net(x)`` (e.g. DCP or a stock basicsr network). ``tile`` > 0 restores overlapping tiles, blended; each
+    tile is noised as its window of the whole image (the seeded noise is indexed by absolute position).
     """
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
         if prior is None:
             return net(x)
         height, width = x.shape[-2:]
         padded = pad_to_multiple(x, prior.downsample_factor)
-        feats = prior(padded, fresh_noise=fresh_noise)
+        feats = prior(padded, fresh_noise=fresh_noise, origin=origin)
         t1, t2 = prior.timesteps
         return net(padded, feats[t1], feats[t2])[..., :height, :width]
 
@@ -79,33 +81,67 @@ class Restorer:
         self.prior = build_network(dict(network_prior)).to(self.device) if network_prior else None
 
     @classmethod
-    def from_file(cls, path: str | Path, root: str | Path, **kwargs) -> 'Restorer':
-        """From a test/training option file (YAML) or from a checkpoint that difflid saved (.pth)."""
-        path = Path(path)
+    def from_file(cls, path: str | Path, root: str | Path, tile: int | None = None, tile_overlap: int | None = None,
+                  **kwargs) -> 'Restorer':
+        """From a test/training option file (YAML) or from a checkpoint that difflid saved (.pth).
+
+        ``tile``/``tile_overlap`` left as None take the option file's ``val.tile``/``val.tile_overlap`` (those
+        the test tool uses; a checkpoint has none: whole images). Paths of the prior (and of an option file's
+        weights) that do not exist are also looked for under the checkpoint's experiment folder, the project
+        holding it (``<project>/experiments/<name>/models/``) and ``root``, so this works from any directory.
+        Other keyword arguments go to the constructor.
+        """
+        path, root = Path(path), Path(root)
+        given = {k: v for k, v in (('tile', tile), ('tile_overlap', tile_overlap)) if v is not None}
         if not path.is_file():
             raise FileNotFoundError(f'{path} not found: give an option file (.yml) or a checkpoint (.pth)')
+        missing: list[str] = []
+
+        def locate(block: dict | None, name: str, search: list[Path]) -> dict | None:
+            if not block:
+                return block
+            block, not_found = locate_paths(block, name, search)
+            missing.extend(not_found)
+            return block
+
+        def build(*args, **options) -> 'Restorer':
+            try:
+                return cls(*args, **options, **kwargs)
+            except FileNotFoundError as err:  # the prior's own message says what to download; add where we looked
+                if missing:
+                    raise FileNotFoundError(f'{err}\n{path}: ' + '\n'.join(missing)) from err
+                raise
+
         if path.suffix in ('.yml', '.yaml'):
             opt = yaml.safe_load(resolve_option_file(path).read_text(encoding='utf-8'))
             if is_training_options(opt):
-                opt = training_to_test_options(opt, Path(root))
+                opt = training_to_test_options(opt, root)
             if 'network_g' not in opt:
                 raise KeyError(f'{path} has no network_g block')
-            opt_path = opt.get('path') or {}
-            weights = opt_path.get('pretrain_network_g')
-            return cls(opt['network_g'], opt.get('network_prior'), weights, opt_path.get('param_key_g', 'params'),
-                       **kwargs)
+            prior = locate(opt.get('network_prior'), 'network_prior', [Path.cwd(), root])
+            opt_path = locate(opt.get('path'), 'path', [Path.cwd(), root]) or {}
+            val = opt.get('val') or {}
+            from_file = {k: val[k] for k in ('tile', 'tile_overlap') if val.get(k) is not None and k not in given}
+            if from_file:  # an error names the option file, not a flag the user never gave
+                tiling = {'tile': 0, 'tile_overlap': 32, **from_file, **given}
+                names = tuple(f'val.{k} in {path}' if k in from_file else k for k in ('tile', 'tile_overlap'))
+                check_tiling(tiling['tile'], tiling['tile_overlap'], 32 if prior else 1, names)
+            weights, param_key = opt_path.get('pretrain_network_g'), opt_path.get('param_key_g', 'params')
+            return build(opt['network_g'], prior, weights, param_key, **from_file, **given)
         state = torch.load(path, map_location='cpu', weights_only=True)
         config = state.get('config') if isinstance(state, dict) else None
         if not config:
             raise ValueError(f'{path} holds no network options (only checkpoints saved by difflid do); '
                              'pass the test option file with -opt instead')
-        return cls(config['network_g'], config.get('network_prior'), path, 'params_ema' if 'params_ema' in state
-                   else 'params', **kwargs)
+        experiment = path.resolve().parent.parent  # basicsr saves to <project>/experiments/<name>/models/
+        project = [experiment.parent.parent] if experiment.parent.name == 'experiments' else []
+        prior = locate(config.get('network_prior'), 'network_prior', [Path.cwd(), experiment, *project, root])
+        return build(config['network_g'], prior, path, 'params_ema' if 'params_ema' in state else 'params', **given)
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 RGB in [0, 1] -> restored (H, W, 3) float32 RGB in [0, 1]."""
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with autocast(self.device.type, self.dtype):  # the whole graph, the prior included (its fp32 yields)
             out = restore(self.net, x, self.prior, tile=self.tile, tile_overlap=self.tile_overlap)
         return out[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()

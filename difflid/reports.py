@@ -1,6 +1,7 @@
-"""Test reports: per-image metric CSVs, mean tables in Markdown, side-by-side sheets, and comparisons
-of several methods' result folders (``tools/compare_results.py``)."""
+"""Test reports: per-image metric CSVs, mean tables in Markdown (and the same means as JSON), side-by-side
+sheets, and comparisons of several methods' result folders (``tools/compare_results.py``)."""
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,8 @@ import numpy as np
 
 from difflid.utils.checkpoint_io import atomic_open
 
-__all__ = ['compare_results', 'mean_table', 'read_metric_csv', 'write_metric_csv', 'write_sheet']
+__all__ = ['compare_results', 'mean_table', 'read_means', 'read_metric_csv', 'write_means', 'write_metric_csv',
+           'write_sheet']
 
 
 def write_metric_csv(path: str | Path, records: list[dict]) -> None:
@@ -34,6 +36,45 @@ def mean_table(rows: dict[str, dict[str, float]], first_column: str = 'set') -> 
     return '\n'.join(lines) + '\n'
 
 
+def write_means(path: str | Path, images: int, means: dict[str, float], set_level: set[str],
+                lower_better: set[str]) -> None:
+    """The mean table as JSON, so tools read set-level metrics (FID: in no per-image CSV) and each metric's
+    direction (``better: lower`` in its options) without parsing Markdown."""
+    report = {'images': images, 'means': means, 'set_level': sorted(set_level & set(means)),
+              'lower_better': sorted(lower_better & set(means))}
+    with atomic_open(path, 'w') as f:
+        f.write(json.dumps(report, indent=2) + '\n')
+
+
+def read_means(results: str | Path, set_name: str) -> dict:
+    """``{'means': {metric: value}, 'lower_better': [...] or None}`` of one test set in a results folder: from
+    ``metrics_<set>.json``, else (reports written before it existed) from the table in ``metrics_<set>.md``,
+    which does not record directions. Empty means when neither file is there."""
+    json_path, md_path = Path(results) / f'metrics_{set_name}.json', Path(results) / f'metrics_{set_name}.md'
+    if json_path.is_file():
+        report = json.loads(json_path.read_text(encoding='utf-8'))
+        return {'means': report['means'], 'lower_better': report.get('lower_better')}
+    means = {}
+    if md_path.is_file():
+        rows = [[c.strip() for c in line.strip().strip('|').split('|')]
+                for line in md_path.read_text(encoding='utf-8').splitlines() if line.startswith('|')]
+        if len(rows) >= 3:  # header, separator, the set's row (see ``mean_table``)
+            for column, cell in zip(rows[0][1:], rows[2][1:], strict=False):
+                try:
+                    means[column] = float(cell.strip('*'))
+                except ValueError:
+                    continue  # '-' or text
+        means.pop('images', None)
+    return {'means': means, 'lower_better': None}
+
+
+def _lower_is_better(metric: str, reports: list[dict]) -> bool:
+    """As the reports' options say; by name (LPIPS, FID, NIQE) for reports that do not record it."""
+    if any(metric in (r['lower_better'] or ()) for r in reports):
+        return True
+    return any(word in metric.lower() for word in ('lpips', 'fid', 'niqe'))
+
+
 def _label(img: np.ndarray, text: str) -> np.ndarray:
     img = img.copy()
     scale = max(0.4, img.shape[1] / 600)
@@ -55,8 +96,9 @@ def write_sheet(path: str | Path, panels: dict[str, np.ndarray]) -> None:
 
 def compare_results(folders: list[str | Path], names: list[str] | None = None) -> str:
     """One Markdown table per test set found in every folder: mean of each metric per method, the best in bold,
-    and, against the first method, on how many images each other method scores higher (PSNR/SSIM) or lower
-    (LPIPS)."""
+    and, against the first method, on how many images each other method scores better on the first per-image
+    metric. Per-image metrics come from ``metrics_<set>.csv``; set-level ones (FID) from ``metrics_<set>.json``
+    (or, for older reports, the ``metrics_<set>.md`` mean table), since no per-image CSV can hold them."""
     folders = [Path(f) for f in folders]
     names = names or [f.name for f in folders]
     if len(names) != len(folders):
@@ -74,13 +116,17 @@ def compare_results(folders: list[str | Path], names: list[str] | None = None) -
     out = []
     for set_name in common:
         tables = [f[set_name] for f in per_folder]
+        reports = [read_means(folder, set_name) for folder in folders]
         metrics = [m for m in tables[0][0] if m != 'image' and all(m in t[0] for t in tables)]
+        set_level = [m for m in reports[0]['means'] if all(m in r['means'] and m not in t[0]
+                                                             for r, t in zip(reports, tables, strict=True))]
         base = {r['image']: r for r in tables[0]}
         rows = {}
-        for name, table in zip(names, tables, strict=True):
-            rows[name] = {'images': len(table), **{m: float(np.mean([r[m] for r in table])) for m in metrics}}
-        for m in metrics:
-            lower_better = 'lpips' in m.lower() or 'fid' in m.lower()
+        for name, table, report in zip(names, tables, reports, strict=True):
+            rows[name] = {'images': len(table), **{m: float(np.mean([r[m] for r in table])) for m in metrics},
+                          **{m: float(report['means'][m]) for m in set_level}}
+        for m in metrics + set_level:
+            lower_better = _lower_is_better(m, reports)
             best = (min if lower_better else max)(rows[n][m] for n in names)
             for n in names:
                 rows[n][m] = f'**{rows[n][m]:.4f}**' if rows[n][m] == best else f'{rows[n][m]:.4f}'

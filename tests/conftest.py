@@ -1,4 +1,4 @@
-"""difflid is imported first so that test modules may import basicsr freely (compat shim)."""
+"""difflid is imported first so that test modules may import basicsr freely (torchvision alias in difflid.compat)."""
 import socket
 from pathlib import Path
 
@@ -8,6 +8,8 @@ import difflid  # noqa: F401  patches basicsr before any test imports it
 import cv2
 import numpy as np
 import pytest
+import torch
+from skimage import data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,3 +49,21 @@ def write_pairs(root: Path, count: int, size: tuple[int, int] = (40, 48), seed: 
         cv2.imwrite(str(gt_dir / f'{i:03d}.png'), gt)
         cv2.imwrite(str(lq_dir / f'{i:03d}.png'), lq)
     return gt_dir, lq_dir
+
+
+def nontrivial_weights(net: torch.nn.Module, std: float = 0.2, seed: int = 1) -> torch.nn.Module:
+    """Random weights for the layers that start at zero (DiffLI2D's CIM W_O, HAE W_γ/W_β and head): a new
+    DiffLI2D is the identity, on which h has no effect and prior-related seams cannot show."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d) and not module.weight.any():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std / module.in_channels ** 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+    return net.eval()
+
+
+def hazy_astronaut(height: int = 256, width: int = 384) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1]: scikit-image's astronaut photo under a uniform veil."""
+    photo = torch.from_numpy(data.astronaut()[:height, :width].astype(np.float32) / 255).permute(2, 0, 1)[None]
+    return photo * 0.6 + 0.35

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
+from torch.overrides import TorchFunctionMode
 
 from difflid.archs.difflid_arch import ContentIntegration, DiffLI2D, HazeAwareEnhancement
 
@@ -37,12 +38,82 @@ def test_default_configuration_has_the_papers_parameter_count():
     assert _count(DiffLI2D()) == pytest.approx(8.63e6, rel=0.03)
 
 
+@pytest.mark.parametrize('config', [TINY, {}], ids=['tiny', 'default'])
+def test_new_network_returns_its_input_then_learns(config):
+    torch.manual_seed(0)
+    net = DiffLI2D(**config)
+    c_h = net.h_channels
+    x, target = torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)
+    h1, h2 = torch.randn(2, c_h, 2, 2), torch.randn(2, c_h, 2, 2)
+    assert (net(x, h1, h2) - x).abs().max() == 0  # the zero head: the network learns a residual from the identity
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    block = net.encoders[0][0]
+    for step in range(3):
+        optimizer.zero_grad()
+        y = net(x, h1, h2)
+        if step == 1:  # the first step moved the head off zero
+            assert (y - x).abs().mean() > 1e-4
+        (y - target).abs().mean().backward()
+        optimizer.step()
+    # from the second step on, gradients pass the head and reach the blocks
+    assert block.cim.to_out.weight.grad.abs().sum() > 0
+    assert block.hae.to_gamma.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize('ablation', [{'cim': 'self'}, {'hae': 'self'}, {'cim': 'self', 'hae': 'self'}])
 def test_ablations_keep_a_similar_parameter_count(ablation):
     assert _count(DiffLI2D(**ablation)) == pytest.approx(_count(DiffLI2D()), rel=0.01)
     net = DiffLI2D(**TINY, **ablation)
     x = torch.rand(1, 3, 40, 40)
     assert net(x, torch.randn(1, 16, 2, 2), torch.randn(1, 16, 2, 2)).shape == x.shape
+
+
+# (width, h_channels, heads): the tiny test nets, the quickstart net and the default net, level by level
+_LEVELS = [(8, 16, 1), (16, 16, 2), (32, 16, 2), (64, 16, 4), (8, 64, 1), (16, 64, 1), (64, 64, 4), (128, 64, 4),
+           (64, 1024, 1), (128, 1024, 2), (256, 1024, 4), (512, 1024, 8)]
+
+
+@pytest.mark.parametrize('width, h_channels, heads', _LEVELS)
+def test_stand_ins_match_the_replaced_modules_parameter_count(width, h_channels, heads):
+    block = DiffLI2D(num_feat=width, width_mult=(1,), num_enc_blocks=(), num_heads=(heads,), h_channels=h_channels,
+                     h_stride=32, cim='self', hae='self').middle[0]
+    cim, hae = ContentIntegration(width, h_channels, heads), HazeAwareEnhancement(width, h_channels)
+    assert _count(block.cim) == pytest.approx(_count(cim), rel=0.01)
+    assert _count(block.hae) == pytest.approx(_count(hae), rel=0.01)
+
+
+# element-wise non-linearities that neither CIM nor HAE has (HAE's sigmoid gate and softmax attention are allowed)
+_FOREIGN_NONLINEARITIES = {'gelu', 'relu', 'relu_', 'silu', 'elu', 'selu', 'celu', 'leaky_relu', 'prelu', 'rrelu',
+                           'mish', 'hardswish', 'hardsigmoid', 'hardtanh', 'relu6', 'softplus', 'softsign', 'tanh',
+                           'tanhshrink', 'logsigmoid', 'glu', 'threshold', 'gelu_', 'silu_', 'tanh_'}
+
+
+class _CalledFunctions(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, '__name__', str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('kind', ['cim', 'hae'])
+def test_stand_ins_add_no_foreign_nonlinearity(kind):
+    torch.manual_seed(0)
+    net = trained_like(DiffLI2D(**TINY, **{'cim': 'self', 'hae': 'self'}))
+    stand_in = getattr(net.encoders[1][0], kind)
+    activations = [type(m).__name__ for m in stand_in.modules()
+                   if type(m).__module__ == 'torch.nn.modules.activation' and not isinstance(m, torch.nn.Softmax)]
+    assert not activations, f'the {kind} stand-in has activation layers {activations}'
+    feat = torch.randn(1, 16, 8, 8)
+    with _CalledFunctions() as called:
+        out = stand_in(feat, None)
+    assert out.shape == feat.shape and not torch.allclose(out, feat)
+    foreign = called.names & _FOREIGN_NONLINEARITIES
+    assert not foreign, f'the {kind} stand-in calls {sorted(foreign)}'
+    if kind == 'cim':  # CIM has no gate either
+        assert 'sigmoid' not in called.names
 
 
 @pytest.mark.parametrize('hw', [(97, 131), (32, 32), (8, 70)])
@@ -53,9 +124,10 @@ def test_any_image_size(hw):
     assert net(x, torch.randn(2, *hs[1:]), torch.randn(2, *hs[1:])).shape == x.shape
 
 
-def test_every_parameter_gets_a_gradient():
+@pytest.mark.parametrize('ablation', [{}, {'cim': 'self', 'hae': 'self'}])
+def test_every_parameter_gets_a_gradient(ablation):
     torch.manual_seed(0)
-    net = trained_like(DiffLI2D(**TINY))
+    net = trained_like(DiffLI2D(**TINY, **ablation))
     net(torch.rand(2, 3, 64, 64), torch.randn(2, 16, 2, 2), torch.randn(2, 16, 2, 2)).square().mean().backward()
     missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not missing, f'no gradient reached {missing}'

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from difflid.archs.adm_unet_arch import ADMUNet
 from difflid.losses.diffloss_loss import DiffLoss
+from difflid.utils.padding import pad_to_multiple
 from tests.conftest import REPO_ROOT, write_pairs
 from tests.test_difflid_model import make_opt
 
@@ -56,23 +57,89 @@ def test_zero_when_restored_equals_gt():
 def test_t_and_noise_are_shared_and_the_value_matches_separate_passes(monkeypatch):
     loss = DiffLoss(**TINY, eps_weight=1e-3, h_weight=1e-6, t_range=(100, 900))
     restored, gt = _pair()
+    restored.requires_grad_(True)
     seen = []
     original = loss.unet.forward_with_hspace
-    monkeypatch.setattr(loss.unet, 'forward_with_hspace', lambda x, t: seen.append((x, t)) or original(x, t))
+
+    def spy(x, t):
+        seen.append((x, t, torch.is_grad_enabled()))
+        return original(x, t)
+
+    monkeypatch.setattr(loss.unet, 'forward_with_hspace', spy)
     torch.manual_seed(5)
     l_eps, l_h = loss(restored, gt)
-    (x_t, t), = seen
-    assert torch.equal(t[:2], t[2:]) and ((100 <= t) & (t <= 900)).all()
-    scale = loss.alphas_cumprod[t[:2]].sqrt().float()[:, None, None, None]
-    torch.testing.assert_close(x_t[:2] - x_t[2:], scale * 2 * (restored - gt), rtol=1e-4, atol=1e-5)  # ε cancels
+    (gt_t, t_gt, gt_graph), (restored_t, t, restored_graph) = seen
+    assert not gt_graph and restored_graph  # the target branch builds no autograd graph
+    assert torch.equal(t, t_gt) and ((100 <= t) & (t <= 900)).all()
+    scale = loss.alphas_cumprod[t].sqrt().float()[:, None, None, None]
+    torch.testing.assert_close(restored_t - gt_t, scale * 2 * (restored - gt), rtol=1e-4, atol=1e-5)  # ε cancels
     # independently: redraw the same t and ε, run the two branches separately
     torch.manual_seed(5)
     t2 = torch.randint(100, 901, (2,))
     eps = torch.randn(2, 3, 32, 32)
     a = loss.alphas_cumprod[t2].float()[:, None, None, None]
-    outs = [original(a.sqrt() * (2 * img - 1) + (1 - a).sqrt() * eps, t2) for img in (restored, gt)]
+    with torch.no_grad():
+        outs = [original(a.sqrt() * (2 * img - 1) + (1 - a).sqrt() * eps, t2) for img in (restored, gt)]
     torch.testing.assert_close(l_eps, 1e-3 * F.mse_loss(outs[0][0][:, :3], outs[1][0][:, :3]), rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(l_h, 1e-6 * F.mse_loss(outs[0][1], outs[1][1]), rtol=1e-4, atol=1e-12)
+
+
+def test_padding_is_excluded_from_both_terms():
+    # 45 x 70 pads to 64 x 96: ε̂ is compared on the 45 x 70 image only; h cells (32 px) are weighted by the
+    # share of the image they cover: rows 1 and 13/32, columns 1, 1 and 6/32. Computed here by hand.
+    loss = DiffLoss(**TINY, eps_weight=1.0, h_weight=1.0)
+    gen = torch.Generator().manual_seed(2)
+    restored, gt = torch.rand(1, 3, 45, 70, generator=gen), torch.rand(1, 3, 45, 70, generator=gen)
+    torch.manual_seed(4)
+    l_eps, l_h = loss(restored, gt)
+    torch.manual_seed(4)
+    t = torch.randint(0, 1000, (1,))
+    eps = torch.randn(1, 3, 64, 96)
+    a = loss.alphas_cumprod[t].float()[:, None, None, None]
+    with torch.no_grad():
+        outs = [loss.unet.forward_with_hspace(a.sqrt() * (2 * pad_to_multiple(img, 32) - 1) + (1 - a).sqrt() * eps, t)
+                for img in (restored, gt)]
+    eps_diff = (outs[0][0][:, :3] - outs[1][0][:, :3])[..., :45, :70]
+    torch.testing.assert_close(l_eps, eps_diff.square().mean(), rtol=1e-4, atol=1e-9)
+    cell = (outs[0][1] - outs[1][1]).square().mean(dim=(0, 1))
+    weight = torch.tensor([1, 13 / 32])[:, None] * torch.tensor([1, 1, 6 / 32])[None]
+    torch.testing.assert_close(l_h, (cell * weight).sum() / weight.sum(), rtol=1e-4, atol=1e-12)
+    assert not torch.isclose(l_h, cell.mean(), rtol=1e-3)  # the padded border would have counted fully
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors that autograd keeps for the backward pass while ``fn`` runs."""
+    seen = {}
+
+    def pack(tensor):
+        seen[(tensor.untyped_storage().data_ptr(), tensor.dtype)] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(seen.values())
+
+
+def test_the_target_branch_keeps_no_activations():
+    # What backward needs is the restored branch's activations; the GT branch is a constant target. The
+    # reference: one graph-building pass of the restored images alone through the same UNet.
+    loss = DiffLoss(**TINY, eps_weight=1.0, h_weight=1.0)
+    restored, gt = _pair()
+    restored.requires_grad_(True)
+    t = torch.tensor([10, 700])
+    kept = _saved_bytes(lambda: loss(restored, gt))
+    one_branch = _saved_bytes(lambda: loss.unet.forward_with_hspace(restored * 2 - 1, t))
+    assert kept < 1.1 * one_branch, f'DiffLoss keeps {kept / one_branch:.2f}x the activations of one branch'
+
+
+def test_an_enclosing_autocast_reaches_the_unet():
+    loss = DiffLoss(**TINY)  # dtype fp32: it must not switch the caller's bf16 autocast off
+    dtypes = []
+    loss.unet.input_blocks[0][0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    restored, gt = _pair()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        l_eps, l_h = loss(restored, gt)
+    assert dtypes == [torch.bfloat16, torch.bfloat16] and l_eps.dtype == l_h.dtype == torch.float32
 
 
 def test_gradient_checkpointing_gives_the_same_gradient():

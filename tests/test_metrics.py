@@ -1,11 +1,14 @@
+import cv2
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 import torchvision
+from basicsr.metrics import calculate_psnr, calculate_ssim
 
 from difflid.metrics import fid_metric, lpips_metric
 from difflid.metrics.fid_metric import calculate_fid
+from difflid.metrics.float_metrics import calculate_psnr_float, calculate_ssim_float, float_image
 from difflid.metrics.lpips_metric import calculate_lpips
 
 
@@ -85,3 +88,50 @@ def test_a_model_with_lpips_fails_at_start_up_without_the_weights(torch_home, tm
            'val': {'metrics': {'lpips': {'type': 'calculate_lpips', 'net': 'alex'}}}}
     with pytest.raises(FileNotFoundError, match="metric 'lpips'.*alexnet-owt-7be5be79.pth"):
         build_model(opt)
+
+
+def _restored_pair(seed=0, size=(48, 64)):
+    """A uint8 ground truth (as datasets store it) and a float 'restoration' of it, off by a smooth error and noise."""
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    gt = cv2.GaussianBlur(gt, (0, 0), 2)  # some structure, so SSIM is not near 0
+    restored = np.clip(gt / 255 + 0.03 * rng.standard_normal(gt.shape) + 0.02, 0, 1)
+    return restored, gt / 255
+
+
+def test_float_psnr_and_ssim_match_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    restored, gt = _restored_pair()
+    assert calculate_psnr_float(restored, gt) == pytest.approx(peak_signal_noise_ratio(gt, restored, data_range=1),
+                                                               abs=1e-9)
+    # Wang et al.'s SSIM as basicsr computes it: 11x11 Gaussian, sigma 1.5, population statistics, channel mean
+    expected = structural_similarity(gt, restored, data_range=1, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False)
+    assert calculate_ssim_float(restored, gt) == pytest.approx(expected, abs=1e-9)
+    # Y channel: BT.601 studio range (16-235) of the BGR inputs, peak 255
+    y = lambda x: 16 + x @ np.array([24.966, 128.553, 65.481])  # noqa: E731
+    assert calculate_psnr_float(restored, gt, test_y_channel=True) == pytest.approx(
+        peak_signal_noise_ratio(y(gt), y(restored), data_range=255), abs=1e-4)
+    assert calculate_psnr_float(restored, gt, crop_border=4) == pytest.approx(
+        peak_signal_noise_ratio(gt[4:-4, 4:-4], restored[4:-4, 4:-4], data_range=1), abs=1e-9)
+
+
+def test_float_metrics_differ_from_basicsrs_by_the_rounding_only():
+    restored, gt = _restored_pair(1)
+    rounded = (restored * 255).round().astype(np.uint8)
+    gt8 = (gt * 255).round().astype(np.uint8)
+    for ours, basicsr_metric in ((calculate_psnr_float, calculate_psnr), (calculate_ssim_float, calculate_ssim)):
+        assert ours(rounded / 255, gt) == pytest.approx(basicsr_metric(rounded, gt8, crop_border=0), abs=1e-9)
+        assert ours(restored, gt) != pytest.approx(basicsr_metric(rounded, gt8, crop_border=0), abs=1e-4)
+    with pytest.raises(TypeError, match='float images'):
+        calculate_psnr_float(rounded, gt8)
+
+
+def test_float_image_is_tensor2img_without_rounding():
+    from basicsr.utils import tensor2img
+
+    tensor = torch.rand(1, 3, 5, 7) * 1.2 - 0.1  # out of range on both sides, as a network output can be
+    img = float_image(tensor)
+    assert img.shape == (5, 7, 3) and img.dtype == np.float64 and img.min() >= 0 and img.max() <= 1
+    np.testing.assert_array_equal((img * 255).round().astype(np.uint8), tensor2img([tensor]))

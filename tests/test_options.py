@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from difflid.utils.basicsr_entry import OptionError, patched_basicsr, translate_options
 from difflid.utils.options import prepare_argv, resolve_option_file
 
 BASE = """
@@ -59,3 +60,55 @@ def test_argv_is_prepared_for_basicsr(tmp_path):
     argv = prepare_argv(['train.py', '-opt', str(child), '--local-rank=1', '--launcher', 'pytorch'])
     assert argv[0] == 'train.py' and argv[2] != str(child) and argv[2].endswith('child.yml')
     assert argv[3:] == ['--local_rank=1', '--launcher', 'pytorch']
+
+
+def _parsed(train_set, dist=False, world_size=1, num_gpu=0, model_type='DiffLI2DModel', is_train=True):
+    """Options as basicsr's parse_options leaves them, before difflid's translation."""
+    return {'datasets': {'train': dict(train_set)}, 'dist': dist, 'world_size': world_size, 'num_gpu': num_gpu,
+            'model_type': model_type, 'is_train': is_train}
+
+
+@pytest.mark.parametrize('dist, world_size, num_gpu, model_type, per_gpu', [
+    (False, 1, 0, 'DiffLI2DModel', 40),  # CPU
+    (False, 1, 1, 'DiffLI2DModel', 40),
+    (True, 4, 4, 'DiffLI2DModel', 10),   # torchrun --nproc_per_node=4
+    (True, 2, 0, 'DiffLI2DModel', 20),   # two gloo processes
+    (False, 1, 2, 'SRModel', 20),        # a basicsr model under DataParallel, which multiplies by num_gpu again
+])
+def test_total_batch_size_is_split_over_the_processes(dist, world_size, num_gpu, model_type, per_gpu):
+    opt = translate_options(_parsed({'total_batch_size': 40}, dist, world_size, num_gpu, model_type))
+    assert opt['datasets']['train']['batch_size_per_gpu'] == per_gpu
+
+
+def test_batch_options_that_cannot_run_are_named():
+    with pytest.raises(OptionError, match=r'total_batch_size: 40 does not split evenly over 3 processes'):
+        translate_options(_parsed({'total_batch_size': 40}, dist=True, world_size=3))
+    with pytest.raises(OptionError, match='both total_batch_size and batch_size_per_gpu'):
+        translate_options(_parsed({'total_batch_size': 40, 'batch_size_per_gpu': 20}))
+    with pytest.raises(OptionError, match=r'DiffLI2DModel does not train with DataParallel.*nproc_per_node=2'):
+        translate_options(_parsed({'total_batch_size': 40}, num_gpu=2))
+    assert translate_options(_parsed({'batch_size_per_gpu': 8}))['datasets']['train'] == {'batch_size_per_gpu': 8}
+    translate_options(_parsed({'total_batch_size': 40}, num_gpu=2, is_train=False))  # testing: one GPU, no error
+
+
+def _loader_opt(tmp_path, pairs, batch, total_iter):
+    (tmp_path / 'pairs.txt').write_text('lq/a.png gt/a.png\n' * pairs)  # never read: only lengths matter here
+    train = {'name': 'stand_in', 'type': 'PairListDataset', 'dataroot': str(tmp_path), 'phase': 'train', 'scale': 1,
+             'meta_info_file': str(tmp_path / 'pairs.txt'), 'io_backend': {'type': 'disk'}, 'gt_size': 8,
+             'num_worker_per_gpu': 0, 'batch_size_per_gpu': batch, 'dataset_enlarge_ratio': 1}
+    return {'datasets': {'train': train}, 'dist': False, 'world_size': 1, 'rank': 0, 'num_gpu': 0, 'manual_seed': 0,
+            'train': {'total_iter': total_iter}}
+
+
+def test_the_epoch_count_covers_total_iter_with_drop_last(tmp_path):
+    import basicsr.train
+    from basicsr.utils import get_root_logger
+
+    with patched_basicsr():
+        loader, _, _, epochs, total_iter = basicsr.train.create_train_val_dataloader(
+            _loader_opt(tmp_path, pairs=5, batch=2, total_iter=12), get_root_logger())
+    assert len(loader) == 2  # 5 pairs at batch 2: the loader drops the fifth (basicsr 1.4.2 counts 3 per epoch)
+    assert epochs == 6  # basicsr's range(epochs + 1) then runs up to 14 iterations; with its own count, 10 < 12
+    with patched_basicsr(), pytest.raises(OptionError, match='fewer than the batch'):
+        basicsr.train.create_train_val_dataloader(_loader_opt(tmp_path, pairs=1, batch=2, total_iter=4),
+                                                  get_root_logger())

@@ -6,7 +6,7 @@ import torch
 from basicsr.data import build_dataset
 
 from tests.conftest import REPO_ROOT
-from tests.miniature_datasets import LAYOUTS, decode
+from tests.miniature_datasets import LAYOUTS, decode, degrade, signature_image, write
 
 
 def prepare(monkeypatch, capsys, *args):
@@ -102,3 +102,24 @@ def test_dataset_errors_name_the_file(tmp_path, monkeypatch, capsys):
         load(dst, 'train', 'lmdb')
     with pytest.raises(FileNotFoundError, match='test.txt'):
         load(dst, 'test', 'disk')
+
+
+@pytest.mark.parametrize('name', ['dense-haze', 'nh-haze'])
+def test_ntire_holds_out_46_to_50_for_validation(tmp_path, monkeypatch, capsys, name):
+    src, dst = tmp_path / 'src', tmp_path / 'prepared'
+    for number in (1, 45, 46, 50, 51, 55):
+        write(src / f'{number:02d}_GT.png', signature_image(number % 20 + 1))
+        write(src / f'{number:02d}_hazy.png', degrade(signature_image(number % 20 + 1)))
+    out = prepare(monkeypatch, capsys, name, '--src', src, '--dst', dst, '--lmdb')
+    assert 'train: 4 pairs, test: 2 pairs, train45: 2 pairs, val: 2 pairs' in out
+
+    def numbers(split):
+        return [line.split()[0] for line in (dst / f'{split}.txt').read_text().splitlines()]
+
+    assert numbers('train') == ['lq/01_hazy.png', 'lq/45_hazy.png', 'lq/46_hazy.png', 'lq/50_hazy.png']
+    assert numbers('train45') == ['lq/01_hazy.png', 'lq/45_hazy.png']  # what the option files train on
+    assert numbers('val') == ['lq/46_hazy.png', 'lq/50_hazy.png']       # neither trained on nor tested on
+    assert numbers('test') == ['lq/51_hazy.png', 'lq/55_hazy.png']
+    assert len(list((dst / 'lq').iterdir())) == 6  # images listed in two splits are written once
+    for backend in ('disk', 'lmdb'):
+        assert [ident(s['lq']) for s in load(dst, 'val', backend)] == [7, 11]

@@ -5,22 +5,25 @@ import shutil
 import subprocess
 import sys
 
+import basicsr.train
 import cv2
 import numpy as np
 import pytest
 import yaml
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
+from basicsr.utils import get_root_logger
 
+from difflid.utils.basicsr_entry import patched_basicsr, translate_options
 from difflid.utils.options import prepare_argv, resolve_option_file, training_to_test_options
 from tests.conftest import REPO_ROOT
-from tests.miniature_datasets import LAYOUTS
+from tests.miniature_datasets import LAYOUTS, degrade, signature_image, write
 
 # prepared folder each option file reads -> the preparation command that writes it
 PREPARED = {'ITS': 'its', 'SOTS_indoor': 'sots-indoor', 'Dense_Haze': 'dense-haze', 'NH_HAZE': 'nh-haze',
             'LOL_v1': 'lol-v1', 'LOL_v2_real': 'lol-v2-real', 'Rain13K': 'rain13k', 'Rain100H': 'rain-test'}
-TASK_FILES = ['dehaze_its', 'test_sots_indoor', 'dehaze_dense_haze', 'dehaze_nh_haze', 'lol_v1', 'lol_v2_real',
-              'derain_rain13k', 'test_rain100h']
+TASK_FILES = ['dehaze_its', 'test_sots_indoor', 'dehaze_dense_haze', 'test_dense_haze', 'dehaze_nh_haze',
+              'test_nh_haze', 'lol_v1', 'lol_v2_real', 'derain_rain13k', 'test_rain100h']
 
 
 @pytest.fixture(scope='module')
@@ -30,7 +33,12 @@ def prepared(tmp_path_factory):
 
     root = tmp_path_factory.mktemp('benchmarks')
     for folder, command in PREPARED.items():
-        LAYOUTS[command][0](root / 'raw' / folder)
+        if command in ('dense-haze', 'nh-haze'):  # with 46-50, which the option files validate on
+            for number in (1, 45, 46, 50, 51, 55):
+                write(root / 'raw' / folder / f'{number:02d}_GT.png', signature_image(number % 20 + 1))
+                write(root / 'raw' / folder / f'{number:02d}_hazy.png', degrade(signature_image(number % 20 + 1)))
+        else:
+            LAYOUTS[command][0](root / 'raw' / folder)
         layout, border, _ = BENCHMARKS[command]
         prepare_dataset(layout(root / 'raw' / folder), root / 'datasets' / folder, gt_border_crop=border)
     return root
@@ -105,7 +113,7 @@ def test_new_task_from_the_docs_by_yaml_alone(tmp_path, monkeypatch, capsys):
     tiny = re.search(r'`(network_prior: \{unet: adm_tiny.*?\})`.*?`(network_g: \{h_channels: 64\})`', doc, re.DOTALL)
     (tmp_path / 'options' / 'colour_cast.yml').write_text(option_text + '\n'.join(tiny.groups()) + '\n')
     quick = ['--force_yml', 'train:total_iter=2', 'val:val_freq=2', 'logger:save_checkpoint_freq=2',
-             'datasets:train:batch_size_per_gpu=2', 'datasets:train:gt_size=64',
+             'datasets:train:total_batch_size=2', 'datasets:train:gt_size=64',
              'datasets:train:num_worker_per_gpu=0']
     for tool, extra in (('train.py', quick), ('test.py', [])):
         proc = subprocess.run([sys.executable, f'tools/{tool}', '-opt', 'options/colour_cast.yml', *extra],
@@ -115,3 +123,73 @@ def test_new_task_from_the_docs_by_yaml_alone(tmp_path, monkeypatch, capsys):
     table = (results / 'metrics_ColourCast_test.md').read_text()
     assert '| ColourCast_test | 2 |' in table and 'psnr_input' in table
     assert len(list((results / 'visualization' / 'ColourCast_test').iterdir())) == 2
+
+
+# Training-set sizes as published (see each option file's comment); the stand-in train sets have exactly these.
+PUBLISHED_TRAIN_SIZE = {
+    'datasets/ITS/train.txt': 13990,  # RESIDE ITS: 13,990 hazy images of 1,399 scenes
+    'datasets/LOL_v1/train.txt': 485,  # our485
+    'datasets/LOL_v2_real/train.txt': 689,  # Real_captured/Train
+    'datasets/Rain13K/train.txt': 13711,
+    'datasets/Dense_Haze/train45.txt': 45,  # 01-45 of the 50 training images; 46-50 validate
+    'datasets/NH_HAZE/train45.txt': 45,
+}
+# The paper's recipe (DiffLI2D Sec. 5.1): batch 40, 1200 epochs, lr halved every 300 epochs.
+PAPER_RECIPE = ['dehaze_its', 'dehaze_its_diffloss', 'lol_v1', 'lol_v2_real', 'derain_rain13k']
+TRAIN_FILES = sorted(p.stem for p in (REPO_ROOT / 'options').glob('*.yml')
+                     if 'train' in (yaml.safe_load(resolve_option_file(p).read_text()).get('datasets') or {}))
+
+
+def _epoch_schedule(text: str) -> dict[str, list[int]]:
+    """The file's ``# epochs: total=.. milestones=a,b val_every=.. checkpoint_every=..`` line."""
+    line = re.search(r'^# epochs: (.*)$', text, re.MULTILINE)
+    assert line, 'a training option file states its schedule in epochs on a "# epochs: ..." line'
+    return {key: [int(v) for v in value.split(',')] for key, value in (f.split('=') for f in line.group(1).split())}
+
+
+def test_every_training_file_is_checked():
+    assert set(PAPER_RECIPE) | {'dehaze_dense_haze', 'dehaze_nh_haze', 'quickstart'} <= set(TRAIN_FILES)
+
+
+@pytest.mark.parametrize('name', TRAIN_FILES)
+def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
+    """total_iter, milestones, val_freq and save_checkpoint_freq = epochs x len(basicsr's training loader) over a
+    stand-in train set of the published size (the loader drops the last incomplete batch)."""
+    text = (REPO_ROOT / 'options' / f'{name}.yml').read_text()
+    opt = yaml.safe_load(resolve_option_file(REPO_ROOT / 'options' / f'{name}.yml').read_text())
+    train_set = opt['datasets']['train']
+    if train_set['type'] == 'SyntheticHazeDataset':
+        size = len(train_set['images']) * train_set['hazy_per_image']
+    else:
+        size = PUBLISHED_TRAIN_SIZE[train_set['meta_info_file']]
+    (tmp_path / 'pairs.txt').write_text('lq/a.png gt/a.png\n' * size)  # never read: only the length matters
+    stand_in = {**train_set, 'type': 'PairListDataset', 'dataroot': str(tmp_path), 'io_backend': {'type': 'disk'},
+                'meta_info_file': str(tmp_path / 'pairs.txt'), 'phase': 'train', 'scale': 1, 'num_worker_per_gpu': 0}
+    run = translate_options({'datasets': {'train': stand_in}, 'dist': False, 'world_size': 1, 'rank': 0,
+                             'num_gpu': 0, 'is_train': True, 'model_type': opt['model_type'], 'manual_seed': 0,
+                             'train': opt['train']})
+    with patched_basicsr():
+        loader = basicsr.train.create_train_val_dataloader(run, get_root_logger())[0]
+    per_epoch, epochs = len(loader), _epoch_schedule(text)
+    assert opt['train']['total_iter'] == epochs['total'][0] * per_epoch
+    assert opt['train']['scheduler']['milestones'] == [m * per_epoch for m in epochs['milestones']]
+    assert opt['val']['val_freq'] == epochs['val_every'][0] * per_epoch
+    assert opt['logger']['save_checkpoint_freq'] == epochs['checkpoint_every'][0] * per_epoch
+    assert f'{per_epoch} iterations per epoch' in text and f"{opt['train']['total_iter']:,} iterations" in text
+    if name in PAPER_RECIPE:
+        assert train_set['total_batch_size'] == 40 and 'batch_size_per_gpu' not in train_set
+        assert epochs['total'] == [1200] and epochs['milestones'] == [300, 600, 900]
+
+
+@pytest.mark.parametrize('name, test_name', [
+    ('dehaze_dense_haze', 'test_dense_haze'), ('dehaze_nh_haze', 'test_nh_haze'),
+    ('dense_haze_edsr_diffloss', 'test_dense_haze')])
+def test_real_haze_runs_validate_on_images_neither_trained_nor_tested_on(prepared, name, test_name):
+    def images(option, phase):
+        opt = yaml.safe_load(resolve_option_file(REPO_ROOT / 'options' / f'{option}.yml').read_text())
+        pairs = _relocate(opt['datasets'][phase]['meta_info_file'], prepared)
+        return {line.split()[0] for line in open(pairs).read().splitlines()}
+
+    train, val, test = images(name, 'train'), images(name, 'val'), images(test_name, 'test_1')
+    assert val == {'lq/46_hazy.png', 'lq/50_hazy.png'} and test == {'lq/51_hazy.png', 'lq/55_hazy.png'}
+    assert train == {'lq/01_hazy.png', 'lq/45_hazy.png'}

@@ -139,12 +139,14 @@ def test_killed_run_resumes_and_finishes_with_its_iteration_count(project):
 
 
 def test_two_process_ddp_training_on_cpu(project):
-    train = write_options(project, TRAIN, 'ddp', total_iter=4, save_freq=4)
+    template = TRAIN.replace('batch_size_per_gpu: 2', 'total_batch_size: 4')
+    train = write_options(project, template, 'ddp', total_iter=4, save_freq=4)
     launcher = ['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}']
     run_tool(project, 'train.py', train, '--launcher', 'pytorch', launcher=launcher)
     exp = project / 'experiments' / 'ddp'
     log = ''.join(p.read_text() for p in exp.glob('train_ddp_*.log'))
     assert 'World size (gpu number): 2' in log and log.count('Frozen prior:') == 1  # logged by rank 0 only
+    assert 'Batch size per gpu: 2' in log  # total_batch_size 4 over two processes
     state = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)
     assert set(state) == {'params', 'config'}
     assert not any(k.startswith(('module.', 'prior', 'unet')) for k in state['params'])
@@ -178,3 +180,14 @@ def test_every_train_option_file_builds_its_network():
         assert opt['network_g']['h_channels'] in (64, 1024), path.name
         if opt['network_prior']['unet'] == 'adm256_uncond':
             assert sum(p.numel() for p in net.parameters()) == pytest.approx(8.63e6, rel=0.03), path.name
+
+
+def test_a_total_batch_that_does_not_split_is_named_before_training(project):
+    train = write_options(project, TRAIN.replace('batch_size_per_gpu: 2', 'total_batch_size: 3'), 'odd',
+                          total_iter=4, save_freq=4)
+    launcher = ['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}']
+    cmd = [sys.executable, *launcher, str(project / 'tools' / 'train.py'), '-opt', str(train), '--launcher', 'pytorch']
+    proc = subprocess.run(cmd, cwd=project / 'elsewhere', capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode != 0
+    assert 'error: datasets.train.total_batch_size: 3 does not split evenly over 2 processes' in proc.stderr

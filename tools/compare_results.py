@@ -1,7 +1,9 @@
 """Compare methods' test results in one table: python tools/compare_results.py results/A results/B [--names A B]
 
-Reads each folder's metrics_<set>.csv (written by tools/test.py) and prints, per test set found in all of
-them, the mean of every metric per method (best in bold) and on how many images each method beats the first.
+Reads each folder's metrics_<set>.csv (per image) and metrics_<set>.json (means, including set-level metrics
+such as FID; older reports: metrics_<set>.md), all written by tools/test.py, and prints, per test set found in
+all of them, the mean of every metric per method (best in bold) and on how many images each method beats the
+first.
 """
 import argparse
 import sys

@@ -26,16 +26,24 @@ EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'}
 
 
 def collect_inputs(spec: str) -> list[Path]:
-    """A file, a folder (its images, sorted) or a glob pattern."""
+    """A file, a folder (its images, sorted) or a glob pattern (the images it matches). A folder or pattern
+    without images is an error: an empty run that exits 0 hides a wrong path."""
     path = Path(spec)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
     if path.is_file():
         return [path]
+    kinds = ', '.join(sorted(EXTENSIONS))
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not images:
+            raise FileNotFoundError(f'--input {spec}: the folder holds no images (looked for {kinds})')
+        return images
     matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-    if not matches:
-        raise FileNotFoundError(f'--input {spec}: no such file or folder, and no file matches it as a pattern')
-    return matches
+    images = [p for p in matches if p.suffix.lower() in EXTENSIONS]
+    if not images:
+        found = f'it matches {len(matches)} file(s), none an image' if matches else 'it matches no file'
+        raise FileNotFoundError(f'--input {spec}: no such file or folder, and as a pattern {found} '
+                                f'(looked for {kinds})')
+    return images
 
 
 def main() -> None:
@@ -43,8 +51,10 @@ def main() -> None:
     parser.add_argument('-opt', required=True, help='test/training option file (.yml) or difflid checkpoint (.pth)')
     parser.add_argument('-i', '--input', required=True, help='image file, folder or glob pattern')
     parser.add_argument('-o', '--output', required=True, help='output folder')
-    parser.add_argument('--tile', type=int, default=0, help='tile size for large images (multiple of 32; 0 = whole)')
-    parser.add_argument('--tile-overlap', type=int, default=32, help='overlap between tiles, in pixels')
+    parser.add_argument('--tile', type=int, help='tile size for large images (multiple of 32; 0 = whole image; '
+                        "default: the option file's val.tile, else 0)")
+    parser.add_argument('--tile-overlap', type=int, help="overlap between tiles, in pixels (default: the option "
+                        "file's val.tile_overlap, else 32)")
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     parser.add_argument('--ext', default='png', help="output format: png (default), tif, jpg, ... or 'same'")

@@ -5,11 +5,12 @@ A training option file works too: its validation sets are tested with the run's 
 import sys
 from pathlib import Path
 
-import difflid  # noqa: F401  registers difflid and patches basicsr
+import difflid  # noqa: F401  registers difflid's archs, datasets, losses, metrics and models
 
 # isort: split
 from basicsr.test import test_pipeline
 
+from difflid.utils.basicsr_entry import OptionError, patched_basicsr
 from difflid.utils.options import prepare_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,4 +20,8 @@ if __name__ == '__main__':
         sys.argv = prepare_argv(sys.argv, root=ROOT)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
-    test_pipeline(str(ROOT))
+    try:
+        with patched_basicsr():
+            test_pipeline(str(ROOT))
+    except OptionError as err:
+        sys.exit(f'error: {err}')

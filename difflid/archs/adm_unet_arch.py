@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from difflid.utils.precision import autocast
+
 __all__ = ['ADMUNet', 'ADM_PRESETS', 'DECODER_PREFIXES', 'adm_flags']
 
 # State-dict keys of the decoder, which h-space never needs.
@@ -310,7 +312,7 @@ class ADMUNet(nn.Module):
         use_scale_shift_norm: FiLM-style timestep conditioning.
         dropout: Dropout in the ResBlocks (inactive in eval mode).
         resblock_updown: Resample with ResBlocks instead of plain (conv) resampling layers.
-        use_fp16: Run the blocks under float16 autocast (GroupNorm and softmax stay float32).
+        use_fp16: Run the blocks under float16 autocast (GroupNorm stays float32).
         use_new_attention_order: q/k/v split before heads; the released checkpoints use False.
         in_channels: Image channels in.
         encoder_only: Build only ``time_embed``, ``input_blocks`` and ``middle_block``; the model then
@@ -421,9 +423,6 @@ class ADMUNet(nn.Module):
                 skips.append(h)
         return self.middle_block(h, emb), emb, skips
 
-    def _autocast(self, x: torch.Tensor):
-        return torch.autocast(x.device.type, dtype=torch.float16, enabled=self.dtype == torch.float16)
-
     def forward_hspace(self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None) -> torch.Tensor:
         """h-space: the middle-block output, (B, C_h, H/2^(L-1), W/2^(L-1)); the decoder is not run.
 
@@ -432,7 +431,7 @@ class ADMUNet(nn.Module):
             t: Integer timesteps in [0, T), a scalar or (B,).
             y: Class labels (B,), only for class-conditional models.
         """
-        with self._autocast(x):
+        with autocast(x.device.type, self.dtype):  # fp32: an enclosing autocast stays in force
             h, _, _ = self._encode(x, t, y, keep_skips=False)
         return h.to(x.dtype) if self.dtype != x.dtype else h
 
@@ -450,7 +449,7 @@ class ADMUNet(nn.Module):
         if x.shape[-2] % f or x.shape[-1] % f:
             raise ValueError(f'the full UNet needs H and W divisible by {f}, got {tuple(x.shape[-2:])}; '
                              'pad the input (difflid.utils.pad_to_multiple)')
-        with self._autocast(x):
+        with autocast(x.device.type, self.dtype):  # fp32: an enclosing autocast stays in force
             hspace, emb, skips = self._encode(x, t, y, keep_skips=True)
             h = hspace
             for block in self.output_blocks:

@@ -87,32 +87,96 @@ class HazeAwareEnhancement(nn.Module):
         return weight * modulated + feat
 
 
-class SelfAttentionStandIn(nn.Module):
-    """Ablation module (paper Table 2) replacing CIM or HAE with self-attention of similar size.
+def _channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention across channels (transposed attention): per head, a (d x d) softmax map from the
+    cosine similarities of the L2-normalised q and k rows, applied to v. Linear in H*W, so it runs on whole
+    images, where attention across the H*W positions would need an (H*W)^2 matrix.
 
-    Self-attention across channels (transposed attention, linear in H*W, so it runs on full images)
-    followed by a 1x1 MLP whose hidden width brings the parameter count to ``match_params`` (that of
-    the replaced module). It ignores h.
+    Args:
+        q, k, v: (B, D, H, W), D divisible by the number of heads.
+        temperature: (heads, 1, 1) learned scale of the similarities.
+    """
+    b, d, height, width = q.shape
+    q, k, v = (t.reshape(b, temperature.shape[0], -1, height * width) for t in (q, k, v))
+    attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)) * temperature
+    return (attn.softmax(dim=-1) @ v).reshape(b, d, height, width)
+
+
+class CIMStandIn(nn.Module):
+    """Ablation "w/o CIM" (paper Table 2): CIM with its keys and values taken from the features, not h_t1.
+
+    F' = W_O · Attn(W_Q F, W_K c, W_V c) + F with c = W_c2 W_c1 F in place of CIM's c = W_c h_t1. The paper
+    says only "a self-attention module that has similar number of parameters as CIM", so the stand-in keeps
+    what CIM has and h does not feed: W_Q, W_K, W_V, W_O (zero W_O: it starts as the identity, like CIM).
+    W_c (C_h -> C) has no input without h; its C_h*C + C parameters go to the pair W_c1 (C -> m, no bias),
+    W_c2 (m -> C) with m = C_h / 2. There is no activation between them: like CIM's own W_K·W_c, the pair is
+    a factorised linear map, so the module matches CIM's size without a non-linearity CIM lacks. Total:
+    CIM's count plus one temperature per head. The attention runs across channels (``_channel_attention``).
+    It ignores h and runs on any size.
+
+    Args:
+        num_feat: Channels C.
+        num_heads: Attention heads (C must be divisible by it).
+        match_params: Parameter count to match (the replaced CIM's); sets m.
     """
 
     def __init__(self, num_feat: int, num_heads: int, match_params: int) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        attention_params = 4 * num_feat * num_feat + 4 * num_feat + num_heads
-        # the MLP has hidden * (2C + 1) + C parameters
-        mlp_hidden = max(1, round((match_params - attention_params - num_feat) / (2 * num_feat + 1)))
-        self.qkv = nn.Conv2d(num_feat, 3 * num_feat, 1)
+        attention_params = 4 * (num_feat * num_feat + num_feat) + num_heads
+        # the pair has 2 * C * m + C parameters
+        hidden = max(1, round((match_params - attention_params - num_feat) / (2 * num_feat)))
+        self.to_context = nn.Sequential(nn.Conv2d(num_feat, hidden, 1, bias=False), nn.Conv2d(hidden, num_feat, 1))
+        self.to_q = nn.Conv2d(num_feat, num_feat, 1)
+        self.to_k = nn.Conv2d(num_feat, num_feat, 1)
+        self.to_v = nn.Conv2d(num_feat, num_feat, 1)
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.proj = nn.Conv2d(num_feat, num_feat, 1)
-        self.mlp = nn.Sequential(nn.Conv2d(num_feat, mlp_hidden, 1), nn.GELU(), nn.Conv2d(mlp_hidden, num_feat, 1))
+        self.to_out = nn.Conv2d(num_feat, num_feat, 1)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
 
     def forward(self, feat: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
-        b, c, height, width = feat.shape
-        q, k, v = (t.reshape(b, self.num_heads, c // self.num_heads, -1) for t in self.qkv(feat).chunk(3, dim=1))
-        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)) * self.temperature
-        out = (attn.softmax(dim=-1) @ v).reshape(b, c, height, width)
-        feat = feat + self.proj(out)
-        return feat + self.mlp(feat)
+        context = self.to_context(feat)
+        attended = _channel_attention(self.to_q(feat), self.to_k(context), self.to_v(context), self.temperature)
+        return feat + self.to_out(attended)
+
+
+class HAEStandIn(nn.Module):
+    """Ablation "w/o HAE" (paper Table 2): HAE with self-attention in place of the h_t2 terms of Eq. 7.
+
+    HAE's Eq. 7 is F_m = (b_γ + W_γ h)·F' + (b_β + W_β h). The stand-in keeps the terms h does not enter,
+    the per-channel b_γ, b_β, and replaces the rest by self-attention; Eq. 8, the sigmoid channel gate, is
+    HAE's own:
+
+        F_m = b_γ·F' + b_β + W_O · Attn(W_Q F', W_K F', W_V F');  F_o = σ(W_L AvgPool(F_m))·F_m + F'.
+
+    W_Q, W_K, W_V (C -> D) and W_O (D -> C) have no bias, and the inner width D (a multiple of the heads)
+    takes W_γ's and W_β's 2*C_h*C parameters: D = C_h / 2. The only non-linearities are HAE's (the product,
+    the sigmoid gate) and the softmax that makes it self-attention; the count is HAE's plus one temperature
+    per head. It starts as HAE does (b_γ = 1, b_β = 0, zero W_O). It ignores h and runs on any size.
+
+    Args:
+        num_feat: Channels C.
+        num_heads: Attention heads.
+        match_params: Parameter count to match (the replaced HAE's); sets D.
+    """
+
+    def __init__(self, num_feat: int, num_heads: int, match_params: int) -> None:
+        super().__init__()
+        fixed = num_feat * num_feat + 3 * num_feat + num_heads  # W_L, its bias, b_γ, b_β, temperatures
+        inner = num_heads * max(1, round((match_params - fixed) / (4 * num_feat * num_heads)))
+        self.gamma = nn.Parameter(torch.ones(1, num_feat, 1, 1))  # b_γ
+        self.beta = nn.Parameter(torch.zeros(1, num_feat, 1, 1))  # b_β
+        self.to_qkv = nn.Conv2d(num_feat, 3 * inner, 1, bias=False)
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.to_out = nn.Conv2d(inner, num_feat, 1, bias=False)
+        nn.init.zeros_(self.to_out.weight)
+        self.gate = nn.Linear(num_feat, num_feat)  # W_L
+
+    def forward(self, feat: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        attended = _channel_attention(*self.to_qkv(feat).chunk(3, dim=1), self.temperature)
+        modulated = self.gamma * feat + self.beta + self.to_out(attended)
+        weight = torch.sigmoid(self.gate(modulated.mean(dim=(2, 3))))[..., None, None]
+        return weight * modulated + feat
 
 
 def _count(module: nn.Module) -> int:
@@ -120,14 +184,14 @@ def _count(module: nn.Module) -> int:
 
 
 class DiffLI2DBlock(nn.Module):
-    """CIM then HAE (or their self-attention stand-ins for the ablations)."""
+    """CIM then HAE, or for the ablations their self-attention stand-ins of the same size."""
 
     def __init__(self, num_feat: int, h_channels: int, num_heads: int, cim: str, hae: str) -> None:
         super().__init__()
         paper_cim = ContentIntegration(num_feat, h_channels, num_heads)
         paper_hae = HazeAwareEnhancement(num_feat, h_channels)
-        self.cim = paper_cim if cim == 'cross' else SelfAttentionStandIn(num_feat, num_heads, _count(paper_cim))
-        self.hae = paper_hae if hae == 'sft' else SelfAttentionStandIn(num_feat, num_heads, _count(paper_hae))
+        self.cim = paper_cim if cim == 'cross' else CIMStandIn(num_feat, num_heads, _count(paper_cim))
+        self.hae = paper_hae if hae == 'sft' else HAEStandIn(num_feat, num_heads, _count(paper_hae))
 
     def forward(self, feat: torch.Tensor, h_t1: torch.Tensor, h_t2: torch.Tensor) -> torch.Tensor:
         return self.hae(self.cim(feat, h_t1), h_t2)
@@ -155,8 +219,9 @@ class DiffLI2D(nn.Module):
         h_channels: C_h, channels of the h-space features (1024 for adm256_uncond, 64 for adm_tiny).
         h_stride: Down-sampling factor of the h-space features; inputs are reflect-padded to a multiple
             of it so that h covers the padded image exactly (32 for both ADM presets).
-        cim: 'cross' (paper) or 'self' (ablation "w/o CIM").
-        hae: 'sft' (paper) or 'self' (ablation "w/o HAE"). Both 'self' is the ablation "baseline".
+        cim: 'cross' (paper) or 'self' (ablation "w/o CIM": ``CIMStandIn``).
+        hae: 'sft' (paper) or 'self' (ablation "w/o HAE": ``HAEStandIn``). Both 'self' is the ablation "Baseline".
+            A stand-in has its module's parameter count plus one per attention head.
     """
 
     def __init__(
@@ -202,6 +267,9 @@ class DiffLI2D(nn.Module):
             for lv in range(levels - 1))
         self.decoders = nn.ModuleList(stage(lv, n) for lv, n in enumerate(num_enc_blocks))
         self.head = nn.Conv2d(widths[0], num_in_ch, 3, padding=1)
+        # NOTE: a zero head makes a new network return its input; it learns the residual from there
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, h_t1: torch.Tensor, h_t2: torch.Tensor) -> torch.Tensor:
         """Restore ``x``.

@@ -18,8 +18,9 @@ from torch import nn
 
 from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags
 from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.utils.noise import position_noise
 from difflid.utils.padding import pad_to_multiple
-from difflid.utils.precision import DTYPES
+from difflid.utils.precision import DTYPES, autocast
 
 __all__ = ['HSpaceExtractor', 'load_adm_checkpoint']
 
@@ -95,9 +96,12 @@ class HSpaceExtractor(nn.Module):
         num_diffusion_steps: T of the linear β schedule.
         beta_start: β_1 of the linear schedule (for T=1000).
         beta_end: β_T of the linear schedule (for T=1000).
-        seed: Seed of the fixed noise: every image of a given size gets the same ε, so the same image
-            gives the same features on every call, in any batch position, on any device.
-        dtype: 'fp32', or 'bf16'/'fp16' autocast for the UNet (GroupNorm and softmax stay fp32).
+        seed: Seed of the fixed noise. ε is a function of (seed, t, channel, y, x) in absolute image
+            coordinates (``difflid.utils.noise``), so the same image gives the same features on every call,
+            in any batch position, on any device, and a tile or crop is noised exactly as the same window
+            of the whole image.
+        dtype: 'fp32', or 'bf16'/'fp16' autocast for the UNet (GroupNorm stays fp32). 'fp32'
+            leaves an enclosing autocast (e.g. ``tools/infer.py --dtype bf16``) in force.
         encoder_only: Build only the encoder and middle block (all h-space needs).
         random_weights: Allow ``checkpoint: ~``: random weights, for tests and demos only.
         init_seed: Seed of those random weights, so every process and every run builds the same prior.
@@ -163,22 +167,29 @@ class HSpaceExtractor(nn.Module):
         """The prior stays in eval mode whatever its parent does (it is never trained)."""
         return super().train(False)
 
-    def noise(self, shape: tuple[int, ...], batch: int, device: torch.device, fresh: bool) -> torch.Tensor:
-        """ε for every timestep and sample, (len(timesteps), batch, *shape)."""
+    def noise(self, shape: tuple[int, ...], batch: int, device: torch.device, fresh: bool,
+              origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """ε for every timestep and sample, (len(timesteps), batch, C, H, W) for ``shape`` = (C, H, W).
+
+        The seeded ε is the window at ``origin`` = (top, left) of the position-indexed noise, the same for
+        every sample of the batch; fresh ε comes from the global RNG.
+        """
         n = len(self.timesteps)
         if fresh:
             return torch.randn(n, batch, *shape, device=device)
-        gen = torch.Generator().manual_seed(self.seed)
-        per_sample = torch.randn(n, 1, *shape, generator=gen)
-        return per_sample.expand(n, batch, *shape).to(device)
+        fixed = position_noise(self.seed, self.timesteps, *shape, origin=origin, device=device)
+        return fixed[:, None].expand(n, batch, *shape)
 
     @torch.no_grad()
-    def forward(self, img: torch.Tensor, fresh_noise: bool = False) -> dict[int, torch.Tensor]:
+    def forward(self, img: torch.Tensor, fresh_noise: bool = False,
+                origin: tuple[int, int] = (0, 0)) -> dict[int, torch.Tensor]:
         """h-space features of ``img`` at every configured timestep.
 
         Args:
             img: (B, 3, H, W) images in [0, 1], any H and W.
             fresh_noise: Draw ε from the global RNG (training) instead of the fixed seeded noise.
+            origin: (top, left) of ``img`` in the whole image it was cut from (tiles), so that it is
+                noised as that window of the whole image.
 
         Returns:
             {t: (B, C_h, ceil(H/32), ceil(W/32)) float32} in the order of ``timesteps``.
@@ -187,9 +198,9 @@ class HSpaceExtractor(nn.Module):
             raise ValueError(f'HSpaceExtractor expects (B, C, H, W) images, got shape {tuple(img.shape)}')
         x0 = to_diffusion_range(pad_to_multiple(img.float(), self.downsample_factor))
         b = x0.shape[0]
-        eps = self.noise(tuple(x0.shape[1:]), b, x0.device, fresh_noise)
+        eps = self.noise(tuple(x0.shape[1:]), b, x0.device, fresh_noise, origin)
         t = torch.tensor(self.timesteps, device=x0.device).repeat_interleave(b)
         x_t = q_sample(x0.repeat(len(self.timesteps), 1, 1, 1), t, eps.flatten(0, 1), self.alphas_cumprod)
-        with torch.autocast(x_t.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        with autocast(x_t.device.type, self.dtype):
             h = self.unet.forward_hspace(x_t, t)
         return dict(zip(self.timesteps, h.float().split(b), strict=True))

@@ -194,10 +194,20 @@ class _PairWriter:
         self.report = PrepReport()
         self.gt_images: dict[Path, tuple[np.ndarray, bool] | None] = {}
         self.gt_rel: dict[Path, str] = {}
+        self.lines: dict[tuple[Path, Path], str] = {}  # pairs already written for an earlier split
         self.names: dict[str, set[str]] = {'lq': set(), 'gt': set()}
 
     def write(self, lq_path: Path, gt_path: Path) -> str | None:
-        """Write one pair; return its pair-list line, or None if it was skipped (reason recorded)."""
+        """Write one pair; return its pair-list line, or None if it was skipped (reason recorded).
+        A pair listed in several splits (NTIRE's train and train45) is written once."""
+        if (lq_path, gt_path) not in self.lines:
+            line = self._write(lq_path, gt_path)
+            if line is None:
+                return None
+            self.lines[lq_path, gt_path] = line
+        return self.lines[lq_path, gt_path]
+
+    def _write(self, lq_path: Path, gt_path: Path) -> str | None:
         lq, lq_changed = _load(lq_path, self.convert, self.report)
         if lq is None:
             return None
@@ -286,7 +296,11 @@ def _reside(split: str, recursive: bool = False) -> Callable[[Path], dict[str, S
 
 
 def _ntire(root: Path) -> dict[str, Source]:
-    """Dense-Haze / NH-HAZE: NN_hazy.png and NN_GT.png (in one folder or in hazy/ and GT/); 01-50 train, 51-55 test."""
+    """Dense-Haze / NH-HAZE: NN_hazy.png and NN_GT.png (in one folder or in hazy/ and GT/); 01-50 train, 51-55 test.
+
+    When images 46-50 are present it also writes train45 (01-45) and val (46-50): a validation set that is
+    neither trained on nor the test set, so a checkpoint chosen on it was not chosen on test images.
+    """
     files = list_images(root, recursive=True)
 
     def key(suffix: str) -> Callable[[Path], str | None]:
@@ -299,9 +313,12 @@ def _ntire(root: Path) -> dict[str, Source]:
     gt = [p for p in files if key('GT')(p)]
     if not lq:
         raise FileNotFoundError(f'{root}: no NN_hazy images found')
+    rules = {'train': lambda n: n <= 50, 'test': lambda n: n > 50}
+    if any(46 <= int(key('hazy')(p)) <= 50 for p in lq):
+        rules.update(train45=lambda n: n <= 45, val=lambda n: 46 <= n <= 50)
     return {split: Source([p for p in lq if keep(int(key('hazy')(p)))], [p for p in gt if keep(int(key('GT')(p)))],
                           key('hazy'), key('GT'))
-            for split, keep in (('train', lambda n: n <= 50), ('test', lambda n: n > 50))}
+            for split, keep in rules.items()}
 
 
 def _lol_v1(root: Path) -> dict[str, Source]:

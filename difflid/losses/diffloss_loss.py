@@ -1,9 +1,10 @@
 """DiffLoss: a frozen diffusion model as an auxiliary restoration loss.
 
-Paper: "Diffusion Models as Plug-and-Play Priors / DiffLoss" (Tan et al., arXiv 2406.19030). The restored
+Paper: "DiffLoss: unleashing diffusion model as constraint for training image restoration network",
+J. Tan, H. Yu, J. Huang, Z. Yang, F. Zhao, ACCV 2024 (arXiv 2406.19030). The restored
 image ŷ and the ground truth y (both in [0, 1], mapped to [-1, 1]) are noised with the same timestep t and
-the same noise ε per sample, and sent through the frozen ADM UNet in one batched pass. The loss compares
-what the UNet sees in them:
+the same noise ε per sample and sent through the frozen ADM UNet, y without an autograd graph (it is the
+target). The loss compares what the UNet sees in them:
 
     eps_weight · MSE(ε̂(ŷ_t), ε̂(y_t))  +  h_weight · MSE(h(ŷ_t), h(y_t))
 
@@ -21,7 +22,7 @@ from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
 from difflid.archs.hspace_arch import load_adm_checkpoint
 from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
 from difflid.utils.padding import pad_to_multiple
-from difflid.utils.precision import DTYPES
+from difflid.utils.precision import DTYPES, autocast
 
 __all__ = ['DiffLoss']
 
@@ -102,24 +103,48 @@ class DiffLoss(nn.Module):
         self._unet[0]._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
-    def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(l_eps, l_h) for (B, 3, H, W) images in [0, 1]; a term is None when its weight is 0."""
-        b = restored.shape[0]
-        x0 = to_diffusion_range(pad_to_multiple(torch.cat([restored, gt.detach()]), self.unet.downsample_factor))
-        t = torch.randint(self.t_min, self.t_max + 1, (b,), device=x0.device)
-        noise = torch.randn_like(x0[:b])
-        # the same t and ε for ŷ and y: their difference after noising is sqrt(ᾱ_t)·(ŷ - y), nothing random
-        x_t = q_sample(x0, t.repeat(2), noise.repeat(2, 1, 1, 1), self.alphas_cumprod)
-        with torch.autocast(x_t.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+    def _unet_pass(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(ε̂ or None, h) in float32 for noised images x_t; the decoder runs only when the ε term is on."""
+        with autocast(x_t.device.type, self.dtype):  # fp32: an enclosing autocast stays in force
             if self.eps_weight:
-                out, h = self.unet.forward_with_hspace(x_t, t.repeat(2))
-            else:
-                out, h = None, self.unet.forward_hspace(x_t, t.repeat(2))
+                out, h = self.unet.forward_with_hspace(x_t, t)
+                return out[:, :3].float(), h.float()  # with learn_sigma the other 3 channels are the variance
+            return None, self.unet.forward_hspace(x_t, t).float()
+
+    def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(l_eps, l_h) for (B, 3, H, W) images in [0, 1]; a term is None when its weight is 0.
+
+        The ground-truth branch runs without an autograd graph (it is a target), so only ŷ's activations
+        are kept for the backward pass. Images are reflect-padded to the UNet's stride, and the padding is
+        excluded from both terms: ε̂ is compared on the H x W image only, h cells are weighted by the
+        fraction of their stride x stride area that lies inside the image.
+        """
+        b, _, height, width = restored.shape
+        stride = self.unet.downsample_factor
+        t = torch.randint(self.t_min, self.t_max + 1, (b,), device=restored.device)
+        padded = pad_to_multiple(restored, stride)
+        noise = torch.randn_like(padded)
+
+        def noised(img: torch.Tensor) -> torch.Tensor:
+            # the same t and ε for ŷ and y: their difference after noising is sqrt(ᾱ_t)·(ŷ - y), nothing random
+            return q_sample(to_diffusion_range(img), t, noise, self.alphas_cumprod)
+
+        with torch.no_grad():
+            eps_target, h_target = self._unet_pass(noised(pad_to_multiple(gt, stride)), t)
+        eps_hat, h = self._unet_pass(noised(padded), t)
         l_eps = l_h = None
         if self.eps_weight:
-            eps_hat = out[:, :3].float()  # with learn_sigma the other 3 channels are the variance
-            l_eps = self.eps_weight * F.mse_loss(eps_hat[:b], eps_hat[b:].detach())
+            crop = (..., slice(0, height), slice(0, width))
+            l_eps = self.eps_weight * F.mse_loss(eps_hat[crop], eps_target[crop])
         if self.h_weight:
-            h = h.float()
-            l_h = self.h_weight * F.mse_loss(h[:b], h[b:].detach())
+            weight = _coverage(height, stride, h.shape[-2], h.device)[:, None] * _coverage(width, stride, h.shape[-1],
+                                                                                             h.device)
+            per_cell = (h - h_target).square().mean(dim=(0, 1))
+            l_h = self.h_weight * (per_cell * weight).sum() / weight.sum()
         return l_eps, l_h
+
+
+def _coverage(length: int, stride: int, cells: int, device: torch.device) -> torch.Tensor:
+    """Fraction of each of ``cells`` feature cells (``stride`` pixels each) that lies inside ``length`` pixels."""
+    starts = torch.arange(cells, device=device, dtype=torch.float32) * stride
+    return (length - starts).clamp(0, stride) / stride

@@ -1,9 +1,11 @@
 """Metrics: basicsr does not scan for metric files, so each module is imported here by name."""
 from .fid_metric import SET_METRICS, calculate_fid
+from .float_metrics import FLOAT_METRICS, calculate_psnr_float, calculate_ssim_float, float_image
 from .hub_weights import require_hub_file
 from .lpips_metric import BACKBONES, calculate_lpips
 
-__all__ = ['SET_METRICS', 'calculate_fid', 'calculate_lpips', 'require_metric_weights']
+__all__ = ['FLOAT_METRICS', 'SET_METRICS', 'calculate_fid', 'calculate_lpips', 'calculate_psnr_float',
+           'calculate_ssim_float', 'float_image', 'require_metric_weights']
 
 
 def require_metric_weights(metric_opts: dict) -> None:

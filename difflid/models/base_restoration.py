@@ -4,6 +4,7 @@ guard, more optimizers, option checks at start-up, set-level metrics (FID), and 
 (per-image CSV, mean table, side-by-side sheets). difflid's other models build on it; registered, it
 also serves stock basicsr networks and the DCP baseline."""
 import inspect
+import os
 from os import path as osp
 
 import torch
@@ -13,11 +14,14 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from difflid.metrics import SET_METRICS, require_metric_weights
-from difflid.reports import mean_table, write_metric_csv, write_sheet
+from difflid.metrics import FLOAT_METRICS, SET_METRICS, float_image, require_metric_weights
+from difflid.reports import mean_table, write_means, write_metric_csv, write_sheet
+from difflid.utils.basicsr_entry import OptionError, data_parallel_message
 from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
+from difflid.utils.paths import absolute_paths
 
 __all__ = ['ImageRestorationModel', 'RestorationModel', 'check_arch_options']
 
@@ -57,6 +61,23 @@ class RestorationModel(SRModel):
                 check_arch_options('train.diff_opt', opt['train']['diff_opt'], LOSS_REGISTRY)
         require_metric_weights((opt.get('val') or {}).get('metrics'))
         super().__init__(opt)
+
+    def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+        """basicsr's, with DDP on the CPU (no ``device_ids``) and no DataParallel: training refuses it (the
+        prior would run the whole batch on GPU 0), testing without a launcher uses one GPU."""
+        net = net.to(self.device)
+        if self.opt['dist']:
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            return DistributedDataParallel(net, device_ids=device_ids,
+                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        num_gpu = int(self.opt['num_gpu'])
+        if num_gpu > 1 and self.opt['is_train']:
+            raise OptionError(data_parallel_message(self.opt['model_type'], num_gpu))
+        if num_gpu > 1:
+            get_root_logger().info(f'{num_gpu} GPUs visible and no launcher: testing on one GPU ({self.device}), '
+                                   'without DataParallel. One process per GPU: torchrun --nproc_per_node='
+                                   f'{num_gpu} tools/test.py -opt <option file> --launcher pytorch')
+        return net
 
     def init_training_settings(self) -> None:
         """SRModel's (EMA, pixel/perceptual losses, optimizer, schedulers), plus ``train.diff_opt`` (DiffLoss)."""
@@ -115,7 +136,9 @@ class RestorationModel(SRModel):
     # --- atomic checkpoints ---------------------------------------------------------------------------------------
     @master_only
     def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
-        """basicsr's save_network, written atomically (a kill mid-save keeps the previous file)."""
+        """basicsr's save_network, written atomically (a kill mid-save keeps the previous file). net_g
+        checkpoints also record the network options, with relative paths (the prior's checkpoint) made
+        absolute against the working directory basicsr read them from, so tools/infer.py works from anywhere."""
         label = 'latest' if current_iter == -1 else current_iter
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
@@ -124,7 +147,8 @@ class RestorationModel(SRModel):
             for n, key in zip(nets, keys, strict=True)
         }
         if net_label == 'net_g':  # lets tools/infer.py rebuild the network from the checkpoint alone
-            save_dict['config'] = {k: self.opt[k] for k in ('network_g', 'network_prior') if k in self.opt}
+            save_dict['config'] = {k: absolute_paths(self.opt[k], os.getcwd()) for k in ('network_g', 'network_prior')
+                                   if k in self.opt}  # relative paths were read from the working directory
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
     @master_only
@@ -162,10 +186,9 @@ class RestorationModel(SRModel):
             gt = tensor2img([visuals['gt']]) if 'gt' in visuals else None
             record = {'image': img_name}
             if gt is not None:
-                record.update({n: float(calculate_metric({'img': restored, 'img2': gt}, dict(m)))
-                               for n, m in image_metrics.items()})
+                record.update({n: self._score(m, visuals, 'result', restored, gt) for n, m in image_metrics.items()})
                 if score_input:
-                    record.update({f'{n}_input': float(calculate_metric({'img': lq, 'img2': gt}, dict(m)))
+                    record.update({f'{n}_input': self._score(m, visuals, 'lq', lq, gt)
                                    for n, m in image_metrics.items()})
                 if set_metrics:
                     restored_set.append(restored)
@@ -196,6 +219,15 @@ class RestorationModel(SRModel):
         if not self.opt['is_train']:
             self._write_reports(dataset_name, records, means)
 
+    @staticmethod
+    def _score(metric_opt: dict, visuals: dict, key: str, img8, gt8) -> float:
+        """One image metric: basicsr's on the uint8 images, a float metric on the unrounded ``visuals[key]``."""
+        if metric_opt['type'] in FLOAT_METRICS:
+            data = {'img': float_image(visuals[key]), 'img2': float_image(visuals['gt'])}
+        else:
+            data = {'img': img8, 'img2': gt8}
+        return float(calculate_metric(data, dict(metric_opt)))
+
     def _visualization_path(self, dataset_name: str, img_name: str, current_iter) -> str:
         if self.opt['is_train']:
             return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
@@ -209,6 +241,11 @@ class RestorationModel(SRModel):
         table = mean_table({dataset_name: {'images': len(records), **means}})
         with atomic_open(osp.join(root, f'metrics_{dataset_name}.md'), 'w') as f:
             f.write(table)
+        metric_opts = self.opt['val'].get('metrics') or {}
+        lower = {n for n, m in metric_opts.items() if m.get('better', 'higher') == 'lower'}
+        write_means(osp.join(root, f'metrics_{dataset_name}.json'), len(records), means,
+                    set_level={n for n, m in metric_opts.items() if m['type'] in SET_METRICS},
+                    lower_better=lower | {f'{n}_input' for n in lower})
         get_root_logger().info('Test metrics (mean over images):\n' + table)
 
 

@@ -33,12 +33,15 @@ def _ramp(length: int, overlap: int, device: torch.device) -> torch.Tensor:
 
 
 def tiled_apply(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int
+    fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor], x: torch.Tensor, tile: int, overlap: int
 ) -> torch.Tensor:
-    """Apply an image-to-image ``fn`` on overlapping ``tile``-sized tiles of ``x`` (B, C, H, W) and blend.
+    """Apply an image-to-image ``fn(tile, (top, left))`` on overlapping ``tile``-sized tiles of ``x`` (B, C, H, W)
+    and blend.
 
-    Each output pixel is the weighted mean of the tiles covering it, with weights that fall off
-    linearly towards tile edges, so there are no seams. ``fn`` must keep the spatial size.
+    ``fn`` receives each tile's position in ``x``, so that whatever depends on the absolute position (the
+    prior's seeded noise) is the same as for the whole image. Each output pixel is the weighted mean of the
+    tiles covering it, with weights that fall off linearly towards tile edges, so there are no seams. ``fn``
+    must keep the spatial size.
     """
     if tile <= 0:
         raise ValueError(f'tiled_apply needs tile > 0, got {tile}')
@@ -48,7 +51,7 @@ def tiled_apply(
     out = weights = None
     for top in _starts(height, th, tile - overlap):
         for left in _starts(width, tw, tile - overlap):
-            y = fn(x[..., top:top + th, left:left + tw])
+            y = fn(x[..., top:top + th, left:left + tw], (top, left))
             if out is None:
                 out = y.new_zeros(*y.shape[:2], height, width)
                 weights = y.new_zeros(1, 1, height, width)
