@@ -8,7 +8,7 @@ import yaml
 from basicsr.archs import build_network
 from torch import nn
 
-from difflid.archs.hspace_arch import HSpaceExtractor
+from difflid.archs.guidance_base import GuidanceExtractor
 from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.paths import locate_paths
@@ -21,15 +21,16 @@ __all__ = ['Restorer', 'restore']
 def restore(
     net: nn.Module,
     lq: torch.Tensor,
-    prior: HSpaceExtractor | None = None,
+    prior: GuidanceExtractor | None = None,
     fresh_noise: bool = False,
     tile: int = 0,
     tile_overlap: int = 32,
 ) -> torch.Tensor:
     """Restore (B, 3, H, W) images in [0, 1] of any size.
 
-    With a prior, each image (or tile) is reflect-padded to the prior's stride, its h-space features at
-    the prior's two timesteps go to ``net(x, h_t1, h_t2)``, and the result is cropped back. Without one,
+    With a prior (any ``GuidanceExtractor``), each image (or tile) is reflect-padded to the prior's stride,
+    its two guidance maps (h-space at t1 and t2 by default) go to ``net(x, f_cim, f_hae)``, and the result
+    is cropped back. Without one,
     ``net(x)`` (e.g. DCP or a stock basicsr network). ``tile`` > 0 restores overlapping tiles, blended; each
     tile is noised as its window of the whole image (the seeded noise is indexed by absolute position).
     """
@@ -38,9 +39,8 @@ def restore(
             return net(x)
         height, width = x.shape[-2:]
         padded = pad_to_multiple(x, prior.downsample_factor)
-        feats = prior(padded, fresh_noise=fresh_noise, origin=origin)
-        t1, t2 = prior.timesteps
-        return net(padded, feats[t1], feats[t2])[..., :height, :width]
+        f_cim, f_hae = prior.guidance(padded, fresh_noise=fresh_noise, origin=origin)
+        return net(padded, f_cim, f_hae)[..., :height, :width]
 
     return tiled_apply(run, lq, tile, tile_overlap) if tile else run(lq)
 

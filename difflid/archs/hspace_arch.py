@@ -14,13 +14,9 @@ from pathlib import Path
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
-from torch import nn
 
 from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags
-from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
-from difflid.utils.noise import position_noise
-from difflid.utils.padding import pad_to_multiple
-from difflid.utils.precision import DTYPES, autocast
+from difflid.archs.guidance_base import GuidanceExtractor
 
 __all__ = ['HSpaceExtractor', 'load_adm_checkpoint']
 
@@ -82,11 +78,12 @@ def load_adm_checkpoint(unet: ADMUNet, path: str | Path) -> None:
 
 
 @ARCH_REGISTRY.register()
-class HSpaceExtractor(nn.Module):
+class HSpaceExtractor(GuidanceExtractor):
     """Frozen diffusion UNet returning h-space features of an image at several timesteps.
 
     Inputs whose H or W is not a multiple of the UNet's down-sampling factor (32 for both presets) are
-    reflect-padded at the bottom/right inside the extractor, so h has ceil(H/32) x ceil(W/32) positions.
+    reflect-padded at the bottom/right, so h has ceil(H/32) x ceil(W/32) positions. Noise, freezing and
+    precision are the ``GuidanceExtractor`` base's.
 
     Args:
         unet: Preset name ('adm256_uncond', 'adm_tiny') or a dict of guided-diffusion flags, optionally
@@ -121,17 +118,10 @@ class HSpaceExtractor(nn.Module):
         random_weights: bool = False,
         init_seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.timesteps = [self._check_timestep(t, num_diffusion_steps) for t in timesteps]
-        if not self.timesteps:
-            raise ValueError('HSpaceExtractor: timesteps is empty; give at least one, e.g. [0, 500]')
-        if dtype not in DTYPES:
-            raise ValueError(f'HSpaceExtractor: dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+        super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype)
         if checkpoint is None and not random_weights:
             raise ValueError(f'HSpaceExtractor: no checkpoint given. {ADM_CHECKPOINT_HELP} '
                              '(For tests and demos only, `random_weights: true` builds a random prior.)')
-        self.seed = seed
-        self.dtype = DTYPES[dtype]
         flags = adm_flags(unet)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
@@ -142,65 +132,22 @@ class HSpaceExtractor(nn.Module):
         else:
             load_adm_checkpoint(self.unet, checkpoint)
             logger.info(f'HSpaceExtractor: loaded diffusion prior from {checkpoint}')
-        self.unet.requires_grad_(False)
-        self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps, beta_start, beta_end),
-                             persistent=False)
-        self.eval()
-
-    @staticmethod
-    def _check_timestep(t: int, num_steps: int) -> int:
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < num_steps:
-            raise ValueError(f'HSpaceExtractor: timesteps must be integers in [0, {num_steps - 1}], got {t!r}')
-        return t
+        self.freeze()
 
     @property
-    def hspace_channels(self) -> int:
-        """C_h, the channel count of the features (1024 for adm256_uncond)."""
+    def feature_channels(self) -> int:
+        """C_h, the channel count of h (1024 for adm256_uncond)."""
         return self.unet.hspace_channels
 
     @property
+    def hspace_channels(self) -> int:
+        """C_h (the name this class had before the feature-source family)."""
+        return self.feature_channels
+
+    @property
     def downsample_factor(self) -> int:
-        """Spatial stride of the features (32 for both presets)."""
+        """Spatial stride of h (32 for both presets)."""
         return self.unet.downsample_factor
 
-    def train(self, mode: bool = True) -> 'HSpaceExtractor':
-        """The prior stays in eval mode whatever its parent does (it is never trained)."""
-        return super().train(False)
-
-    def noise(self, shape: tuple[int, ...], batch: int, device: torch.device, fresh: bool,
-              origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """ε for every timestep and sample, (len(timesteps), batch, C, H, W) for ``shape`` = (C, H, W).
-
-        The seeded ε is the window at ``origin`` = (top, left) of the position-indexed noise, the same for
-        every sample of the batch; fresh ε comes from the global RNG.
-        """
-        n = len(self.timesteps)
-        if fresh:
-            return torch.randn(n, batch, *shape, device=device)
-        fixed = position_noise(self.seed, self.timesteps, *shape, origin=origin, device=device)
-        return fixed[:, None].expand(n, batch, *shape)
-
-    @torch.no_grad()
-    def forward(self, img: torch.Tensor, fresh_noise: bool = False,
-                origin: tuple[int, int] = (0, 0)) -> dict[int, torch.Tensor]:
-        """h-space features of ``img`` at every configured timestep.
-
-        Args:
-            img: (B, 3, H, W) images in [0, 1], any H and W.
-            fresh_noise: Draw ε from the global RNG (training) instead of the fixed seeded noise.
-            origin: (top, left) of ``img`` in the whole image it was cut from (tiles), so that it is
-                noised as that window of the whole image.
-
-        Returns:
-            {t: (B, C_h, ceil(H/32), ceil(W/32)) float32} in the order of ``timesteps``.
-        """
-        if img.ndim != 4:
-            raise ValueError(f'HSpaceExtractor expects (B, C, H, W) images, got shape {tuple(img.shape)}')
-        x0 = to_diffusion_range(pad_to_multiple(img.float(), self.downsample_factor))
-        b = x0.shape[0]
-        eps = self.noise(tuple(x0.shape[1:]), b, x0.device, fresh_noise, origin)
-        t = torch.tensor(self.timesteps, device=x0.device).repeat_interleave(b)
-        x_t = q_sample(x0.repeat(len(self.timesteps), 1, 1, 1), t, eps.flatten(0, 1), self.alphas_cumprod)
-        with autocast(x_t.device.type, self.dtype):
-            h = self.unet.forward_hspace(x_t, t)
-        return dict(zip(self.timesteps, h.float().split(b), strict=True))
+    def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet.forward_hspace(x_t, t)

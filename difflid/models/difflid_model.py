@@ -1,12 +1,13 @@
 """DiffLI2DModel: trains and tests a restoration network guided by a frozen diffusion prior.
 
-Every batch goes through the frozen ``HSpaceExtractor`` (built from ``network_prior``, no gradient)
-and then through ``net_g(lq, h_t1, h_t2)``. The prior exists once per process: it is not part of
-``net_g``, so it is never wrapped in DDP, never saved in ``net_g`` checkpoints and never given to the
-optimizer.
+Every batch goes through the frozen feature source built from ``network_prior`` (any registered
+``GuidanceExtractor``: h-space by default, no gradient) and then through ``net_g(lq, f_cim, f_hae)``.
+The prior exists once per process: it is not part of ``net_g``, so it is never wrapped in DDP, never
+saved in ``net_g`` checkpoints and never given to the optimizer.
 
 Options beyond basicsr's:
-    network_prior: an ``HSpaceExtractor`` block with exactly two timesteps [t1, t2].
+    network_prior: a ``GuidanceExtractor`` block (``HSpaceExtractor`` for the paper) with exactly two
+        timesteps [t1, t2].
     train.fresh_prior_noise: draw new diffusion noise for every training batch (default true, as the
         paper's q(x_t|x_0)); validation and test always use the prior's seeded noise, so two test runs
         give identical outputs.
@@ -21,7 +22,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
 from difflid.archs.adm_unet_arch import adm_flags
-from difflid.archs.hspace_arch import HSpaceExtractor
+from difflid.archs.guidance_base import GuidanceExtractor
 from difflid.inference import restore
 from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.base_restoration import RestorationModel, check_arch_options
@@ -36,8 +37,6 @@ class DiffLI2DModel(RestorationModel):
 
     def __init__(self, opt: dict) -> None:
         check_arch_options('network_prior', opt.get('network_prior'))
-        if opt['network_prior']['type'] != 'HSpaceExtractor':
-            raise KeyError(f"network_prior.type must be HSpaceExtractor, got {opt['network_prior']['type']!r}")
         timesteps = opt['network_prior'].get('timesteps', [0, 500])
         if len(timesteps) != 2:
             raise ValueError(f'network_prior.timesteps must be [t1, t2] (content, haze), got {timesteps}')
@@ -52,19 +51,23 @@ class DiffLI2DModel(RestorationModel):
         if self._shares_prior(diff_opt) and diff_opt.get('eps_weight', 1e-3):
             prior_opt['encoder_only'] = False  # DiffLoss's ε term needs the decoder too
         device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
-        self.prior: HSpaceExtractor = build_network(prior_opt).to(device)
+        self.prior: GuidanceExtractor = build_network(prior_opt).to(device)
+        if not isinstance(self.prior, GuidanceExtractor):
+            raise KeyError(f"network_prior.type must be a feature source (a GuidanceExtractor such as "
+                           f"HSpaceExtractor), got {opt['network_prior']['type']!r}")
         super().__init__(opt)
-        h_channels = getattr(self.get_bare_model(self.net_g), 'h_channels', self.prior.hspace_channels)
-        if h_channels != self.prior.hspace_channels:
-            raise ValueError(f'network_g.h_channels is {h_channels} but the prior gives '
-                             f'{self.prior.hspace_channels}-channel features; set network_g.h_channels: '
-                             f'{self.prior.hspace_channels}')
+        bare = self.get_bare_model(self.net_g)
+        for key, expected in (('h_channels', self.prior.feature_channels), ('h_stride', self.prior.downsample_factor)):
+            if getattr(bare, key, expected) != expected:
+                raise ValueError(f'network_g.{key} is {getattr(bare, key)} but the prior '
+                                 f"({opt['network_prior']['type']}) gives {expected}; set network_g.{key}: {expected}")
         t1, t2 = self.prior.timesteps
-        get_root_logger().info(f'Frozen prior: {self.prior.unet.__class__.__name__}, h at t1={t1}, t2={t2}, '
-                               f'{self.prior.hspace_channels} channels (not trained, not saved with net_g)')
+        get_root_logger().info(f'Frozen prior: {type(self.prior).__name__}, features at t1={t1}, t2={t2}, '
+                               f'{self.prior.feature_channels} channels at stride {self.prior.downsample_factor} '
+                               '(not trained, not saved with net_g)')
 
     def restore(self, net: nn.Module, lq: torch.Tensor, fresh_noise: bool, tile: int = 0) -> torch.Tensor:
-        """net(lq, h_t1, h_t2) for (B, 3, H, W) lq in [0, 1] of any size (see ``difflid.inference.restore``)."""
+        """net(lq, f_cim, f_hae) for (B, 3, H, W) lq in [0, 1] of any size (see ``difflid.inference.restore``)."""
         return restore(net, lq, self.prior, fresh_noise, tile, self.tile_overlap)
 
     def restore_train(self) -> torch.Tensor:
@@ -81,7 +84,7 @@ class DiffLI2DModel(RestorationModel):
         return DiffLoss(**diff_opt, shared_unet=self.prior.unet).to(self.device)
 
     def _shares_prior(self, diff_opt: dict | None) -> bool:
-        if not diff_opt or diff_opt.get('type') != 'DiffLoss':
+        if not diff_opt or diff_opt.get('type') != 'DiffLoss' or self.opt['network_prior']['type'] != 'HSpaceExtractor':
             return False
         prior = self.opt['network_prior']
         same = [adm_flags(diff_opt.get('unet', 'adm256_uncond')) == adm_flags(prior.get('unet', 'adm256_uncond'))]

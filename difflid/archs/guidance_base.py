@@ -1,0 +1,161 @@
+"""GuidanceExtractor: the shared base of every frozen feature source that guides DiffLI²D (``network_prior``).
+
+DiffLI²D's CIM and HAE consume two feature maps of the degraded image: h-space at t1 (content) and at t2
+(haze) in the paper; the encoder/decoder layers of the same UNet, VGG16/ResNet50 features or the released
+code's UNet output in its Table 3 and in ``official_code.md`` §1.3. Every member is "which network, which
+tap": it implements ``_features(x_t, t)`` and the two properties ``feature_channels`` and
+``downsample_factor``. The base owns everything they share, once:
+
+- the input: images in [0, 1], reflect-padded to the stride, mapped to [-1, 1] and noised to
+  x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε at each timestep (linear β schedule, T steps), all timesteps in one
+  batched pass;
+- the noise: seeded and indexed by absolute pixel position (``difflid.utils.noise``), so features are
+  reproducible in any batch position and a tile is noised as its window of the whole image; or fresh;
+- freezing: no gradients, always in eval mode, never trained or saved with ``net_g``;
+- precision: autocast to ``dtype`` ('fp32' leaves an enclosing autocast in force).
+
+``forward(img)`` returns ``{t: features}`` for the configured timesteps (or any given ones: the probe);
+``guidance(img)`` returns the pair (f_cim, f_hae) that ``DiffLI2D(x, f_cim, f_hae)`` takes. Each map is
+(B, feature_channels, ceil(H/s), ceil(W/s)) float32 with s = ``downsample_factor``.
+"""
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.utils.noise import position_noise
+from difflid.utils.padding import pad_to_multiple
+from difflid.utils.precision import DTYPES, autocast
+
+__all__ = ['GuidanceExtractor', 'control_options']
+
+
+class GuidanceExtractor(nn.Module):
+    """Frozen source of DiffLI²D's two guidance feature maps (see the module docstring).
+
+    Args:
+        timesteps: Integer timesteps in [0, num_diffusion_steps) at which the input is noised; the first
+            two feed CIM and HAE (paper: t1=0 content, t2=500 haze). More are allowed (analysis).
+        num_diffusion_steps: T of the linear β schedule.
+        beta_start: β_1 of the linear schedule (for T=1000).
+        beta_end: β_T of the linear schedule (for T=1000).
+        seed: Seed of the fixed noise, a function of (seed, t, channel, y, x) in absolute coordinates.
+        dtype: 'fp32', 'bf16' or 'fp16': autocast for the network.
+    """
+
+    def __init__(
+        self,
+        timesteps: Sequence[int] = (0, 500),
+        num_diffusion_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        seed: int = 0,
+        dtype: str = 'fp32',
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_diffusion_steps = num_diffusion_steps
+        self.timesteps = self.check_timesteps(timesteps)
+        if dtype not in DTYPES:
+            raise ValueError(f'{name}: dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+        self.seed = seed
+        self.dtype = DTYPES[dtype]
+        self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps, beta_start, beta_end),
+                             persistent=False)
+
+    def check_timesteps(self, timesteps: Sequence[int]) -> list[int]:
+        """The timesteps as a list; an error names the extractor when one is not an integer in [0, T)."""
+        name, steps = type(self).__name__, self.num_diffusion_steps
+        timesteps = list(timesteps)
+        if not timesteps:
+            raise ValueError(f'{name}: timesteps is empty; give at least one, e.g. [0, 500]')
+        for t in timesteps:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < steps:
+                raise ValueError(f'{name}: timesteps must be integers in [0, {steps - 1}], got {t!r}')
+        return timesteps
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of each guidance map (DiffLI2D's ``h_channels``)."""
+        raise NotImplementedError
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial stride of the guidance maps (DiffLI2D's ``h_stride``); inputs are padded to a multiple of it."""
+        raise NotImplementedError
+
+    def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The member's tap: (N, 3, H, W) noised images in [-1, 1] (H, W multiples of the stride) and their
+        integer timesteps (N,) -> (N, feature_channels, H/s, W/s). Runs under the extractor's autocast."""
+        raise NotImplementedError
+
+    def freeze(self) -> None:
+        """No gradients, eval mode: call at the end of a member's ``__init__``."""
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> 'GuidanceExtractor':
+        """The extractor stays in eval mode whatever its parent does (it is never trained)."""
+        return super().train(False)
+
+    def noise(self, shape: tuple[int, ...], batch: int, device: torch.device, fresh: bool,
+              origin: tuple[int, int] = (0, 0), timesteps: Sequence[int] | None = None) -> torch.Tensor:
+        """ε for every timestep and sample, (len(timesteps), batch, C, H, W) for ``shape`` = (C, H, W).
+
+        The seeded ε is the window at ``origin`` = (top, left) of the position-indexed noise, the same for
+        every sample of the batch; fresh ε comes from the global RNG.
+        """
+        timesteps = self.timesteps if timesteps is None else timesteps
+        n = len(timesteps)
+        if fresh:
+            return torch.randn(n, batch, *shape, device=device)
+        fixed = position_noise(self.seed, timesteps, *shape, origin=origin, device=device)
+        return fixed[:, None].expand(n, batch, *shape)
+
+    @torch.no_grad()
+    def forward(self, img: torch.Tensor, fresh_noise: bool = False, origin: tuple[int, int] = (0, 0),
+                timesteps: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """Features of ``img`` at every configured timestep (or at ``timesteps``), one batched pass.
+
+        Args:
+            img: (B, 3, H, W) images in [0, 1], any H and W.
+            fresh_noise: Draw ε from the global RNG (training) instead of the fixed seeded noise.
+            origin: (top, left) of ``img`` in the whole image it was cut from (tiles), so that it is
+                noised as that window of the whole image.
+            timesteps: Other timesteps than the configured ones (e.g. the probe's sweep).
+
+        Returns:
+            {t: (B, feature_channels, ceil(H/s), ceil(W/s)) float32}, in the order of the timesteps.
+        """
+        if img.ndim != 4 or img.shape[1] != 3:
+            raise ValueError(f'{type(self).__name__} expects (B, 3, H, W) images, got shape {tuple(img.shape)}')
+        unique = list(dict.fromkeys(self.timesteps if timesteps is None else self.check_timesteps(timesteps)))
+        x0 = to_diffusion_range(pad_to_multiple(img.float(), self.downsample_factor))
+        b = x0.shape[0]
+        eps = self.noise(tuple(x0.shape[1:]), b, x0.device, fresh_noise, origin, unique)
+        t = torch.tensor(unique, device=x0.device).repeat_interleave(b)
+        x_t = q_sample(x0.repeat(len(unique), 1, 1, 1), t, eps.flatten(0, 1), self.alphas_cumprod)
+        with autocast(x_t.device.type, self.dtype):
+            feats = self._features(x_t, t)
+        return dict(zip(unique, feats.float().split(b), strict=True))
+
+    def guidance(self, img: torch.Tensor, fresh_noise: bool = False,
+                 origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_cim, f_hae): the features at the first two configured timesteps, as DiffLI2D takes them."""
+        if len(self.timesteps) < 2:
+            raise ValueError(f'{type(self).__name__}: DiffLI²D needs two timesteps [t1, t2], got {self.timesteps}')
+        feats = self(img, fresh_noise=fresh_noise, origin=origin)
+        t1, t2 = self.timesteps[:2]
+        return feats[t1], feats[t2]
+
+
+def control_options(opt: dict) -> dict:
+    """The option block of ``opt``'s control: the same extractor and architecture with random weights.
+
+    ``checkpoint`` (every member's weights key) is dropped, ``random_weights`` set, and the random init
+    seeded with ``init_seed`` + 1, so that a random-weight prior still gets a different random control.
+    """
+    control = {k: v for k, v in opt.items() if k != 'checkpoint'}
+    control.update(random_weights=True, init_seed=int(opt.get('init_seed', 0)) + 1)
+    return control
