@@ -32,6 +32,8 @@ setup(
         'tensorboard',
         'scikit-image',
         'tqdm',
+        'scikit-learn',  # the h-space probe: t-SNE, 1-NN and linear probes
+        'matplotlib',  # the probe's and sweeps' figures
     ],
     # guided-diffusion-sdk packages OpenAI's guided-diffusion: the tests' numerical reference for ADMUNet.
     extras_require={'dev': ['pytest', 'ruff', 'guided-diffusion-sdk==1.0.0']},

@@ -149,6 +149,8 @@ def test_tiled_test_agrees_with_the_whole_image(tmp_path):
     (lambda o: o['network_g'].update(type='DiffLI3D'), KeyError, 'DiffLI3D'),
     (lambda o: o['network_prior'].update(timesteps=[0, 250, 500]), ValueError, 'timesteps'),
     (lambda o: o['network_g'].update(h_channels=1024), ValueError, 'h_channels: 64'),
+    (lambda o: o['network_g'].update(h_stride=16), ValueError, 'h_stride: 32'),
+    (lambda o: o.update(network_prior={'type': 'DCP'}), KeyError, 'network_prior.type'),
     (lambda o: o['train']['optim_g'].update(type='Adamm'), KeyError, 'Adamm'),
     (lambda o: o['val'].update(tile=100), ValueError, 'val.tile'),
 ])

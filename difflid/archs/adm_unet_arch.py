@@ -13,8 +13,10 @@ Nothing here is copied from guided-diffusion; it is written from the checkpoint'
   at full resolution and equals the legacy ``softmax((q·s)ᵀ(k·s))`` with ``s = d^-1/4``.
 
 Beyond the released network, ``forward_hspace`` stops after the middle block (the "h-space" of
-Kwon et al.), and ``encoder_only=True`` does not build the decoder at all; its ``load_state_dict``
-accepts a full checkpoint and checks that only decoder keys go unused.
+Kwon et al.), ``forward_block`` after any named block (``block_layout`` gives each block's channels
+and stride), and ``encoder_only=True`` does not build the decoder at all; its ``load_state_dict``
+accepts a full checkpoint and checks that only decoder keys go unused. The timestep may be a float
+(the authors' release passes ᾱ_t; the sinusoidal embedding is defined for any real t).
 
 Weights start from PyTorch's default initialisation, not guided-diffusion's zero-initialised output
 layers: this network is never trained here, and a random-weight model (tests, demos) then has
@@ -316,7 +318,13 @@ class ADMUNet(nn.Module):
         use_new_attention_order: q/k/v split before heads; the released checkpoints use False.
         in_channels: Image channels in.
         encoder_only: Build only ``time_embed``, ``input_blocks`` and ``middle_block``; the model then
-            offers ``forward_hspace`` alone and loads full checkpoints, ignoring decoder keys.
+            offers ``forward_hspace`` (and ``forward_block`` up to the middle block) alone and loads full
+            checkpoints, ignoring decoder keys.
+
+    Attributes:
+        block_layout: {block name: (channels, stride)} of every block's output, in running order
+            (``input_blocks.*``, ``middle_block``, ``output_blocks.*``), the decoder's included when it is
+            not built.
     """
 
     def __init__(
@@ -366,6 +374,8 @@ class ADMUNet(nn.Module):
 
         ch = int(mult[0] * num_channels)
         self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        # (channels, stride) of every block's output, by state-dict name; the decoder's even when it is not built
+        layout = {'input_blocks.0': (ch, 1)}
         skip_chans = [ch]
         ds = 1
         for level, m in enumerate(mult):
@@ -375,28 +385,37 @@ class ADMUNet(nn.Module):
                 if ds in attn_ds:
                     layers.append(attn(ch, num_heads))
                 self.input_blocks.append(TimestepSequential(*layers))
+                layout[f'input_blocks.{len(self.input_blocks) - 1}'] = (ch, ds)
                 skip_chans.append(ch)
             if level != len(mult) - 1:
                 down = res(ch, ch, down=True) if resblock_updown else Downsample(ch, True)
                 self.input_blocks.append(TimestepSequential(down))
-                skip_chans.append(ch)
                 ds *= 2
+                layout[f'input_blocks.{len(self.input_blocks) - 1}'] = (ch, ds)
+                skip_chans.append(ch)
         self.middle_block = TimestepSequential(res(ch, ch), attn(ch, num_heads), res(ch, ch))
+        layout['middle_block'] = (ch, ds)
         self.hspace_channels = ch
-        if encoder_only:
-            return
+        self.block_layout: dict[str, tuple[int, int]] = layout
 
-        self.output_blocks = nn.ModuleList()
-        for level, m in list(enumerate(mult))[::-1]:
-            for i in range(num_res_blocks + 1):
-                layers = [res(ch + skip_chans.pop(), int(num_channels * m))]
-                ch = int(num_channels * m)
+        output_blocks: list[nn.Module] = []
+        decoder = [(level, m, i) for level, m in list(enumerate(mult))[::-1] for i in range(num_res_blocks + 1)]
+        for index, (level, m, i) in enumerate(decoder):
+            in_ch, ch = ch + skip_chans.pop(), int(num_channels * m)
+            up = level > 0 and i == num_res_blocks
+            if not encoder_only:
+                layers = [res(in_ch, ch)]
                 if ds in attn_ds:
                     layers.append(attn(ch, num_heads_upsample))
-                if level and i == num_res_blocks:
+                if up:
                     layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch, True))
-                    ds //= 2
-                self.output_blocks.append(TimestepSequential(*layers))
+                output_blocks.append(TimestepSequential(*layers))
+            if up:
+                ds //= 2
+            layout[f'output_blocks.{index}'] = (ch, ds)
+        if encoder_only:
+            return
+        self.output_blocks = nn.ModuleList(output_blocks)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, self.out_channels, 3, padding=1))
 
     def _embed(self, t: torch.Tensor, batch: int, y: torch.Tensor | None) -> torch.Tensor:
@@ -435,6 +454,49 @@ class ADMUNet(nn.Module):
             h, _, _ = self._encode(x, t, y, keep_skips=False)
         return h.to(x.dtype) if self.dtype != x.dtype else h
 
+    def forward_block(
+        self, x: torch.Tensor, t: torch.Tensor | float, block: str, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The output of one block, named as in the state dict: ``input_blocks.N``, ``middle_block`` or
+        ``output_blocks.N``; the blocks after it do not run (for ``output_blocks.N``, decoder blocks N+1.. and
+        ``out`` are skipped).
+
+        Args:
+            x: Noisy images x_t, (B, C, H, W); H and W divisible by ``downsample_factor`` for a decoder block
+                (its skip connections must match), by the block's stride for an encoder block.
+            t: Timesteps, a scalar or (B,).
+            block: A key of ``block_layout``, whose value (C, s) gives the output shape (B, C, H/s, W/s).
+            y: Class labels (B,), only for class-conditional models.
+        """
+        if block not in self.block_layout:
+            raise ValueError(f'ADMUNet has no block {block!r}; blocks are input_blocks.0-{len(self.input_blocks) - 1},'
+                             f' middle_block and output_blocks.0-{len(self.block_layout) - len(self.input_blocks) - 2}')
+        kind, _, index = block.partition('.')
+        decoder = kind == 'output_blocks'
+        if decoder:
+            if self.encoder_only:
+                raise RuntimeError(f'this ADMUNet was built with encoder_only=True: {block} is in the decoder')
+            self._check_decodable(x)
+        with autocast(x.device.type, self.dtype):  # fp32: an enclosing autocast stays in force
+            emb = self._embed(t, x.shape[0], y)
+            h, skips = x, []
+            for layer in self.input_blocks[:int(index) + 1 if kind == 'input_blocks' else None]:
+                h = layer(h, emb)
+                if decoder:
+                    skips.append(h)
+            if kind != 'input_blocks':
+                h = self.middle_block(h, emb)
+            if decoder:
+                for layer in self.output_blocks[:int(index) + 1]:
+                    h = layer(torch.cat([h, skips.pop()], dim=1), emb)
+        return h.to(x.dtype) if self.dtype != x.dtype else h
+
+    def _check_decodable(self, x: torch.Tensor) -> None:
+        f = self.downsample_factor
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise ValueError(f'the full UNet needs H and W divisible by {f}, got {tuple(x.shape[-2:])}; '
+                             'pad the input (difflid.utils.pad_to_multiple)')
+
     def forward(self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Full UNet output (B, 6 or 3, H, W): ε (and the variance interpolation when learn_sigma)."""
         return self.forward_with_hspace(x, t, y)[0]
@@ -445,10 +507,7 @@ class ADMUNet(nn.Module):
         """Full output and h-space from one pass (what DiffLoss needs)."""
         if self.encoder_only:
             raise RuntimeError('this ADMUNet was built with encoder_only=True: only forward_hspace is available')
-        f = self.downsample_factor
-        if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f'the full UNet needs H and W divisible by {f}, got {tuple(x.shape[-2:])}; '
-                             'pad the input (difflid.utils.pad_to_multiple)')
+        self._check_decodable(x)
         with autocast(x.device.type, self.dtype):  # fp32: an enclosing autocast stays in force
             hspace, emb, skips = self._encode(x, t, y, keep_skips=True)
             h = hspace

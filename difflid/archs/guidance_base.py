@@ -28,7 +28,10 @@ from difflid.utils.noise import position_noise
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import DTYPES, autocast
 
-__all__ = ['GuidanceExtractor', 'control_options']
+__all__ = ['GuidanceExtractor', 'Origin', 'control_options']
+
+# (top, left) of an image in the whole image it was cut from, or one such pair per image of a batch
+Origin = tuple[int, int] | Sequence[tuple[int, int]]
 
 
 class GuidanceExtractor(nn.Module):
@@ -100,21 +103,27 @@ class GuidanceExtractor(nn.Module):
         return super().train(False)
 
     def noise(self, shape: tuple[int, ...], batch: int, device: torch.device, fresh: bool,
-              origin: tuple[int, int] = (0, 0), timesteps: Sequence[int] | None = None) -> torch.Tensor:
+              origin: Origin = (0, 0), timesteps: Sequence[int] | None = None) -> torch.Tensor:
         """ε for every timestep and sample, (len(timesteps), batch, C, H, W) for ``shape`` = (C, H, W).
 
         The seeded ε is the window at ``origin`` = (top, left) of the position-indexed noise, the same for
-        every sample of the batch; fresh ε comes from the global RNG.
+        every sample of the batch, or one window per sample for a list of ``batch`` origins; fresh ε comes
+        from the global RNG.
         """
         timesteps = self.timesteps if timesteps is None else timesteps
         n = len(timesteps)
         if fresh:
             return torch.randn(n, batch, *shape, device=device)
-        fixed = position_noise(self.seed, timesteps, *shape, origin=origin, device=device)
-        return fixed[:, None].expand(n, batch, *shape)
+        if isinstance(origin[0], int):
+            return position_noise(self.seed, timesteps, *shape, origin=origin, device=device)[:, None].expand(
+                n, batch, *shape)
+        if len(origin) != batch:
+            raise ValueError(f'{type(self).__name__}: {len(origin)} origins for a batch of {batch}')
+        return torch.stack([position_noise(self.seed, timesteps, *shape, origin=o, device=device) for o in origin],
+                           dim=1)
 
     @torch.no_grad()
-    def forward(self, img: torch.Tensor, fresh_noise: bool = False, origin: tuple[int, int] = (0, 0),
+    def forward(self, img: torch.Tensor, fresh_noise: bool = False, origin: Origin = (0, 0),
                 timesteps: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
         """Features of ``img`` at every configured timestep (or at ``timesteps``), one batched pass.
 
@@ -122,7 +131,8 @@ class GuidanceExtractor(nn.Module):
             img: (B, 3, H, W) images in [0, 1], any H and W.
             fresh_noise: Draw ε from the global RNG (training) instead of the fixed seeded noise.
             origin: (top, left) of ``img`` in the whole image it was cut from (tiles), so that it is
-                noised as that window of the whole image.
+                noised as that window of the whole image; or one (top, left) per image, so that each image
+                gets its own noise in one batched pass (the probe's ``noise: per_image``).
             timesteps: Other timesteps than the configured ones (e.g. the probe's sweep).
 
         Returns:

@@ -1,15 +1,19 @@
-"""HSpaceExtractor: the frozen diffusion prior of DiffLI²D (Sec. 4.1-4.2, Fig. 3a).
+"""HSpaceExtractor: the frozen diffusion prior of DiffLI²D (Sec. 4.1-4.2, Fig. 3a), and the ADM loading
+that every ADM-based feature source shares (``build_adm_unet``, ``load_adm_checkpoint``).
 
 A [0, 1] image x is mapped to [-1, 1], noised to x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε for each requested
 timestep t (linear β schedule, T=1000), and sent through the frozen ADM UNet's encoder and middle
 block with the *integer* t. The middle-block output is the h-space feature (1024 channels at H/32 for
-``adm256_uncond``). All timesteps go through one batched encoder pass; the decoder is never built.
+``adm256_uncond``). All timesteps go through one batched encoder pass; the decoder is not built.
+The ``tap`` option takes another block instead (the paper's Table 3 "Layer-E" / "Layer-D", or any
+block by name); a decoder tap builds the decoder and runs it only up to the tapped block.
 
 Differences from the authors' release (``shared/reference/official_code.md`` §1.3): h is the
 middle-block output, not the UNet's final output; the UNet gets t, not ᾱ_t; noise is reproducible.
+(``ReleasedFeatureExtractor`` reproduces the release's features.)
 """
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -17,8 +21,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags
 from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.utils.padding import pad_to_multiple
 
-__all__ = ['HSpaceExtractor', 'load_adm_checkpoint']
+__all__ = ['HSpaceExtractor', 'TAP_ALIASES', 'build_adm_unet', 'load_adm_checkpoint', 'resolve_tap', 'run_padded']
 
 logger = logging.getLogger('basicsr')
 
@@ -77,13 +82,88 @@ def load_adm_checkpoint(unet: ADMUNet, path: str | Path) -> None:
     unet.load_state_dict(state, strict=True)
 
 
+def build_adm_unet(owner: str, unet: str | dict, checkpoint: str | None, random_weights: bool, init_seed: int,
+                   encoder_only: bool) -> ADMUNet:
+    """The frozen ADM UNet of a feature source (``owner`` names it in errors and logs): the guided-diffusion
+    ``checkpoint``, or, only with ``random_weights``, weights drawn from ``init_seed`` (the same in every
+    process and run, without touching the global RNG)."""
+    if checkpoint is None and not random_weights:
+        raise ValueError(f'{owner}: no checkpoint given. {ADM_CHECKPOINT_HELP} '
+                         '(For tests and demos only, `random_weights: true` builds a random prior.)')
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        net = ADMUNet(**adm_flags(unet), encoder_only=encoder_only)
+    if checkpoint is None:
+        logger.warning(f'{owner}: the diffusion prior has RANDOM weights (random_weights: true); '
+                       'its features carry no ImageNet knowledge, fine for tests and demos only.')
+    else:
+        load_adm_checkpoint(net, checkpoint)
+        logger.info(f'{owner}: loaded diffusion prior from {checkpoint}')
+    return net
+
+
+def run_padded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, multiple: int,
+               stride: int) -> torch.Tensor:
+    """``fn`` of ``x`` reflect-padded to ``multiple``, cropped back to x's own grid at ``stride``.
+
+    The full UNet (any decoder block, its output) needs H and W divisible by its down-sampling factor, while
+    the base pads the image only to the feature stride; the extra cells are cut off again.
+    """
+    height, width = x.shape[-2:]
+    return fn(pad_to_multiple(x, multiple))[..., :-(-height // stride), :-(-width // stride)]
+
+
+# The paper's names (Table 3) of blocks; the functions give the block name from the UNet's ``block_layout``.
+TAP_ALIASES: dict[str, Callable[[dict[str, tuple[int, int]]], str]] = {
+    'middle': lambda layout: 'middle_block',  # h-space
+    'layer_e': lambda layout: [k for k in layout if k.startswith('input_blocks.')][-1],  # the middle block's input
+    'layer_d': lambda layout: 'output_blocks.0',  # right after the middle block
+}
+
+
+def resolve_tap(tap: str, layout: dict[str, tuple[int, int]]) -> str:
+    """The block name (a key of ``ADMUNet.block_layout``) of a tap: an alias of ``TAP_ALIASES`` or a block name.
+    Raises ValueError naming ``network_prior.tap`` and every valid value for this UNet."""
+    if isinstance(tap, str) and tap in TAP_ALIASES:
+        return TAP_ALIASES[tap](layout)
+    if isinstance(tap, str) and tap in layout:
+        return tap
+    n_in = sum(k.startswith('input_blocks.') for k in layout)
+    n_out = sum(k.startswith('output_blocks.') for k in layout)
+    aliases = ', '.join(f'{a} (= {f(layout)})' for a, f in TAP_ALIASES.items())
+    raise ValueError(f'network_prior.tap: unknown tap {tap!r}; choose {aliases}, middle_block, '
+                     f'input_blocks.0 to input_blocks.{n_in - 1} or output_blocks.0 to output_blocks.{n_out - 1} '
+                     '(this UNet\'s blocks, as named in its state dict)')
+
+
 @ARCH_REGISTRY.register()
 class HSpaceExtractor(GuidanceExtractor):
-    """Frozen diffusion UNet returning h-space features of an image at several timesteps.
+    """Frozen diffusion UNet returning h-space features (or another block's output) at several timesteps.
 
-    Inputs whose H or W is not a multiple of the UNet's down-sampling factor (32 for both presets) are
+    Inputs whose H or W is not a multiple of the feature stride (32 for h-space in both presets) are
     reflect-padded at the bottom/right, so h has ceil(H/32) x ceil(W/32) positions. Noise, freezing and
     precision are the ``GuidanceExtractor`` base's.
+
+    ``tap`` chooses the block (``ADMUNet.block_layout`` has every block's channels and stride):
+
+    ==================  ============================================  ==========================
+    tap                 block                                         adm256_uncond: C, stride
+    ==================  ============================================  ==========================
+    middle (default)    middle_block: h-space                         1024, 32
+    layer_e             input_blocks.17, the last encoder block       1024, 32
+                        (the middle block's input; Table 3 Layer-E)
+    layer_d             output_blocks.0, the first decoder block      1024, 32
+                        (right after the middle block; Layer-D)
+    input_blocks.N      encoder block N (0-17)                        256/512/1024, 1-32
+    output_blocks.N     decoder block N (0-17); 2, 5, 8, 11 and 14    1024-256, 32-1
+                        end with an upsample (stride 16, 8, 4, 2, 1)
+    ==================  ============================================  ==========================
+
+    The paper does not say which encoder/decoder layers Table 3 used; Layer-E and Layer-D default to the
+    blocks at h-space's resolution on either side of the middle block, so that only the block differs
+    (same channels, same stride, same DiffLI2D). An encoder tap stops the encoder there; a decoder tap
+    needs the decoder (built automatically) and runs it only up to the tapped block, on the input padded
+    to the UNet's factor (32) when the block's stride is smaller (the features are cropped back).
 
     Args:
         unet: Preset name ('adm256_uncond', 'adm_tiny') or a dict of guided-diffusion flags, optionally
@@ -99,9 +179,12 @@ class HSpaceExtractor(GuidanceExtractor):
             of the whole image.
         dtype: 'fp32', or 'bf16'/'fp16' autocast for the UNet (GroupNorm stays fp32). 'fp32'
             leaves an enclosing autocast (e.g. ``tools/infer.py --dtype bf16``) in force.
-        encoder_only: Build only the encoder and middle block (all h-space needs).
+        encoder_only: Build only the encoder and middle block. Default (None): exactly when the tap is not
+            in the decoder; true with a decoder tap is an error; false builds the decoder anyway (DiffLoss's
+            ε term on the shared UNet).
         random_weights: Allow ``checkpoint: ~``: random weights, for tests and demos only.
         init_seed: Seed of those random weights, so every process and every run builds the same prior.
+        tap: 'middle' (h-space), 'layer_e', 'layer_d', 'middle_block', 'input_blocks.N' or 'output_blocks.N'.
     """
 
     def __init__(
@@ -114,30 +197,30 @@ class HSpaceExtractor(GuidanceExtractor):
         beta_end: float = 0.02,
         seed: int = 0,
         dtype: str = 'fp32',
-        encoder_only: bool = True,
+        encoder_only: bool | None = None,
         random_weights: bool = False,
         init_seed: int = 0,
+        tap: str = 'middle',
     ) -> None:
         super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype)
-        if checkpoint is None and not random_weights:
-            raise ValueError(f'HSpaceExtractor: no checkpoint given. {ADM_CHECKPOINT_HELP} '
-                             '(For tests and demos only, `random_weights: true` builds a random prior.)')
-        flags = adm_flags(unet)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            self.unet = ADMUNet(**flags, encoder_only=encoder_only)
-        if checkpoint is None:
-            logger.warning('HSpaceExtractor: the diffusion prior has RANDOM weights (random_weights: true); '
-                           'its features carry no ImageNet knowledge, fine for tests and demos only.')
-        else:
-            load_adm_checkpoint(self.unet, checkpoint)
-            logger.info(f'HSpaceExtractor: loaded diffusion prior from {checkpoint}')
+        with torch.device('meta'):  # the block layout without weights: a wrong tap fails at once
+            layout = ADMUNet(**adm_flags(unet), encoder_only=True).block_layout
+        self.tap = tap
+        self.block = resolve_tap(tap, layout)
+        decoder = self.block.startswith('output_blocks.')
+        if encoder_only is None:
+            encoder_only = not decoder
+        elif encoder_only and decoder:
+            raise ValueError(f'HSpaceExtractor: network_prior.tap {tap!r} ({self.block}) is in the decoder, but '
+                             'network_prior.encoder_only is true; remove encoder_only (the decoder is then built '
+                             'for decoder taps) or set it to false')
+        self.unet = build_adm_unet('HSpaceExtractor', unet, checkpoint, random_weights, init_seed, encoder_only)
         self.freeze()
 
     @property
     def feature_channels(self) -> int:
-        """C_h, the channel count of h (1024 for adm256_uncond)."""
-        return self.unet.hspace_channels
+        """Channels of the tapped block (C_h: 1024 for adm256_uncond's h-space)."""
+        return self.unet.block_layout[self.block][0]
 
     @property
     def hspace_channels(self) -> int:
@@ -146,8 +229,13 @@ class HSpaceExtractor(GuidanceExtractor):
 
     @property
     def downsample_factor(self) -> int:
-        """Spatial stride of h (32 for both presets)."""
-        return self.unet.downsample_factor
+        """Spatial stride of the tapped block (32 for h-space in both presets)."""
+        return self.unet.block_layout[self.block][1]
 
     def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet.forward_hspace(x_t, t)
+        if self.block == 'middle_block':
+            return self.unet.forward_hspace(x_t, t)
+        if not self.block.startswith('output_blocks.'):
+            return self.unet.forward_block(x_t, t, self.block)
+        return run_padded(lambda x: self.unet.forward_block(x, t, self.block), x_t, self.unet.downsample_factor,
+                          self.downsample_factor)
