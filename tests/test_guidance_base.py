@@ -114,3 +114,16 @@ def test_one_origin_per_image_gives_each_its_own_window_in_one_pass():
     torch.testing.assert_close(both[1:], _expected(img[1:], 700, origin=(24, 8)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='3 origins for a batch of 2'):
         extractor(img, origin=[(0, 0)] * 3)
+
+
+def test_a_member_may_bring_its_own_schedule():
+    extractor = PooledPixelsForTest(timesteps=[0, 99])
+    abar = torch.linspace(0.99, 0.01, 100, dtype=torch.float64)
+    extractor.set_schedule(abar)
+    img = torch.rand(1, 3, 8, 8)
+    eps = position_noise(0, [99], 3, 8, 8)[0]
+    expected = 2 * F.avg_pool2d(abar[99].sqrt() * (2 * img.double() - 1) + (1 - abar[99]).sqrt() * eps, 8).float()
+    torch.testing.assert_close(extractor(img)[99], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r'\[0, 49\]'):
+        extractor.set_schedule(abar[:50])
+    torch.testing.assert_close(extractor(img)[99], expected, rtol=1e-5, atol=1e-5)  # unchanged by the refusal

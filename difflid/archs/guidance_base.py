@@ -67,6 +67,17 @@ class GuidanceExtractor(nn.Module):
         self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps, beta_start, beta_end),
                              persistent=False)
 
+    def set_schedule(self, alphas_cumprod: torch.Tensor) -> None:
+        """Replace the linear schedule by the network's own ᾱ_t (T values; e.g. a cosine preset or a diffusers
+        scheduler config); the timesteps are checked again against the new T."""
+        steps, self.num_diffusion_steps = self.num_diffusion_steps, len(alphas_cumprod)
+        try:
+            self.timesteps = self.check_timesteps(self.timesteps)
+        except ValueError:
+            self.num_diffusion_steps = steps
+            raise
+        self.alphas_cumprod = alphas_cumprod.to(self.alphas_cumprod)
+
     def check_timesteps(self, timesteps: Sequence[int]) -> list[int]:
         """The timesteps as a list; an error names the extractor when one is not an integer in [0, T)."""
         name, steps = type(self).__name__, self.num_diffusion_steps
