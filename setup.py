@@ -36,7 +36,9 @@ setup(
         'matplotlib',  # the probe's and sweeps' figures
     ],
     # guided-diffusion-sdk packages OpenAI's guided-diffusion: the tests' numerical reference for ADMUNet.
-    extras_require={'dev': ['pytest', 'ruff', 'guided-diffusion-sdk==1.0.0']},
+    # diffusers: DiffusersUNetExtractor (a UNet2DModel save_pretrained folder as the prior); optional.
+    extras_require={'diffusers': ['diffusers>=0.30'],
+                    'dev': ['pytest', 'ruff', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30']},
     classifiers=[
         'Programming Language :: Python :: 3',
         'License :: OSI Approved :: MIT License',

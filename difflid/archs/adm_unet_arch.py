@@ -33,7 +33,8 @@ from torch.utils.checkpoint import checkpoint
 
 from difflid.utils.precision import autocast
 
-__all__ = ['ADMUNet', 'ADM_PRESETS', 'DECODER_PREFIXES', 'adm_flags']
+__all__ = ['ADMUNet', 'ADM_CHECKPOINTS', 'ADM_PRESETS', 'DECODER_PREFIXES', 'NOISE_SCHEDULES', 'adm_flags',
+           'adm_noise_schedule']
 
 # State-dict keys of the decoder, which h-space never needs.
 DECODER_PREFIXES = ('output_blocks.', 'out.')
@@ -46,9 +47,36 @@ _DEFAULT_CHANNEL_MULT = {
     64: (1, 2, 3, 4),
 }
 
-# Flags by name. ``adm256_uncond`` are the flags OpenAI's README gives for 256x256_diffusion_uncond.pt.
-# ``adm_tiny`` keeps the same depth (h-space at H/32) with a few channels, for tests and demos.
+# Flags by name (constructor flags only: ``ADMUNet(**ADM_PRESETS[name])`` and guided-diffusion's
+# ``create_model(**ADM_PRESETS[name])`` build the same network). Each public preset is named after its checkpoint
+# (``ADM_CHECKPOINTS`` gives the file, where it is published, and the noise schedule it was trained with) and holds
+# the flags published with it: the guided-diffusion README's sampling commands (merged into guided-diffusion's
+# ``model_and_diffusion_defaults``), and DPS's ``configs/model_config.yaml`` for ``ffhq_10m.pt``. Every flag that
+# shapes the network is spelled out, so no preset depends on ADMUNet's own defaults. ``use_fp16`` is left out
+# (the extractors' ``dtype`` decides precision); ``dropout`` is kept although it is inactive in eval mode.
+# ``adm_tiny`` keeps adm256_uncond's depth (h-space at H/32) with a few channels, for tests and demos.
+_ADM256 = dict(
+    image_size=256,
+    num_channels=256,
+    num_res_blocks=2,
+    channel_mult='',
+    learn_sigma=True,
+    class_cond=False,
+    attention_resolutions='32,16,8',
+    num_heads=4,
+    num_head_channels=64,
+    num_heads_upsample=-1,
+    use_scale_shift_norm=True,
+    dropout=0.0,
+    resblock_updown=True,
+    use_new_attention_order=False,
+)
 ADM_PRESETS: dict[str, dict] = {
+    'adm64_cond': {**_ADM256, 'image_size': 64, 'num_channels': 192, 'num_res_blocks': 3, 'class_cond': True,
+                   'dropout': 0.1, 'use_new_attention_order': True},
+    'adm128_cond': {**_ADM256, 'image_size': 128, 'class_cond': True, 'num_head_channels': -1},
+    'adm256_cond': {**_ADM256, 'class_cond': True},
+    # unchanged since the first release (ADMUNet's defaults supply num_heads 4, dropout 0, the legacy order)
     'adm256_uncond': dict(
         image_size=256,
         num_channels=256,
@@ -61,6 +89,12 @@ ADM_PRESETS: dict[str, dict] = {
         resblock_updown=True,
         use_scale_shift_norm=True,
     ),
+    'adm512_cond': {**_ADM256, 'image_size': 512, 'class_cond': True},  # channel_mult (0.5,1,1,2,2,4,4)
+    'lsun_bedroom': {**_ADM256, 'dropout': 0.1},
+    'lsun_cat': {**_ADM256, 'dropout': 0.1},
+    'lsun_horse': {**_ADM256, 'dropout': 0.1},
+    'lsun_horse_nodropout': {**_ADM256, 'dropout': 0.0},
+    'dps_ffhq': {**_ADM256, 'num_channels': 128, 'num_res_blocks': 1, 'attention_resolutions': '16'},
     'adm_tiny': dict(
         image_size=256,
         num_channels=32,
@@ -75,12 +109,43 @@ ADM_PRESETS: dict[str, dict] = {
     ),
 }
 
+_OPENAI = 'https://openaipublic.blob.core.windows.net/diffusion/jul-2021/'
+_GUIDED_README = 'https://github.com/openai/guided-diffusion'
+_DPS_FOLDER = 'https://drive.google.com/drive/folders/1jElnRoFv7b31fG0v6pTSQkelbSX3xGZh'
+# What a preset's checkpoint is and how it was trained, beside its flags: the file name, its download address
+# (``url``), the page that publishes it and its flags (``source``), and the noise schedule of its training (all
+# 1000 steps; ``adm_noise_schedule``). Every preset has an entry; adm_tiny has no file.
+ADM_CHECKPOINTS: dict[str, dict] = {
+    **{name: dict(file=file, url=_OPENAI + file, source=_GUIDED_README, noise_schedule=schedule)
+       for name, file, schedule in (
+           ('adm64_cond', '64x64_diffusion.pt', 'cosine'),
+           ('adm128_cond', '128x128_diffusion.pt', 'linear'),
+           ('adm256_cond', '256x256_diffusion.pt', 'linear'),
+           ('adm256_uncond', '256x256_diffusion_uncond.pt', 'linear'),
+           ('adm512_cond', '512x512_diffusion.pt', 'linear'),
+           ('lsun_bedroom', 'lsun_bedroom.pt', 'linear'),
+           ('lsun_cat', 'lsun_cat.pt', 'linear'),
+           ('lsun_horse', 'lsun_horse.pt', 'linear'),
+           ('lsun_horse_nodropout', 'lsun_horse_nodropout.pt', 'linear'),
+       )},
+    # DPS (Chung et al., ICLR 2023) publishes its FFHQ model in a Google Drive folder, no direct link
+    'dps_ffhq': dict(file='ffhq_10m.pt', url=_DPS_FOLDER,
+                     source='https://github.com/DPS2022/diffusion-posterior-sampling', noise_schedule='linear'),
+    'adm_tiny': dict(file=None, url=None, source=None, noise_schedule='linear'),
+}
+
+NOISE_SCHEDULES = ('linear', 'cosine')
+
 
 def adm_flags(preset_or_flags: str | dict) -> dict:
-    """Resolve a preset name, or a flag dict optionally holding ``preset``, into constructor flags."""
+    """Resolve a preset name, or a flag dict optionally holding ``preset``, into constructor flags.
+
+    A ``noise_schedule`` key (see ``adm_noise_schedule``) is not a constructor flag and is dropped here.
+    """
     if isinstance(preset_or_flags, str):
         preset_or_flags = {'preset': preset_or_flags}
     flags = dict(preset_or_flags)
+    flags.pop('noise_schedule', None)
     name = flags.pop('preset', None)
     if name is None:
         return flags
@@ -88,6 +153,25 @@ def adm_flags(preset_or_flags: str | dict) -> dict:
         raise ValueError(f'unknown ADM UNet preset {name!r}; choose one of {sorted(ADM_PRESETS)} '
                          'or give guided-diffusion flags instead')
     return {**ADM_PRESETS[name], **flags}
+
+
+def adm_noise_schedule(preset_or_flags: str | dict) -> str:
+    """The noise schedule ('linear' or 'cosine') the network of a preset name or flag dict was trained with.
+
+    Order: the dict's own ``noise_schedule`` key (the explicit override, e.g. ``unet: {preset: adm64_cond,
+    noise_schedule: linear}`` or flags of a self-trained cosine model), else the preset's (``ADM_CHECKPOINTS``),
+    else 'linear' (plain flags, as guided-diffusion's default).
+    """
+    flags = {'preset': preset_or_flags} if isinstance(preset_or_flags, str) else dict(preset_or_flags)
+    schedule = flags.get('noise_schedule')
+    if schedule is None:
+        name = flags.get('preset')
+        if name is not None and name not in ADM_PRESETS:
+            adm_flags(flags)  # the error naming every preset
+        schedule = ADM_CHECKPOINTS.get(name, {}).get('noise_schedule', 'linear')
+    if schedule not in NOISE_SCHEDULES:
+        raise ValueError(f'unknown noise_schedule {schedule!r} in the UNet flags; choose one of {NOISE_SCHEDULES}')
+    return schedule
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

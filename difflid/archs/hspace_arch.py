@@ -2,15 +2,20 @@
 that every ADM-based feature source shares (``build_adm_unet``, ``load_adm_checkpoint``).
 
 A [0, 1] image x is mapped to [-1, 1], noised to x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε for each requested
-timestep t (linear β schedule, T=1000), and sent through the frozen ADM UNet's encoder and middle
-block with the *integer* t. The middle-block output is the h-space feature (1024 channels at H/32 for
-``adm256_uncond``). All timesteps go through one batched encoder pass; the decoder is not built.
+timestep t (the prior's own β schedule, T=1000: linear for most presets, cosine for adm64_cond), and sent
+through the frozen ADM UNet's encoder and middle block with the *integer* t. The middle-block output is the
+h-space feature (1024 channels at H/32 for ``adm256_uncond``). All timesteps go through one batched encoder
+pass; the decoder is not built.
 The ``tap`` option takes another block instead (the paper's Table 3 "Layer-E" / "Layer-D", or any
 block by name); a decoder tap builds the decoder and runs it only up to the tapped block.
 
 Differences from the authors' release (``shared/reference/official_code.md`` §1.3): h is the
 middle-block output, not the UNet's final output; the UNet gets t, not ᾱ_t; noise is reproducible.
 (``ReleasedFeatureExtractor`` reproduces the release's features.)
+
+Any public ADM checkpoint runs by its preset name (``ADM_PRESETS``; ``ADM_CHECKPOINTS`` names each one's file and
+where it is published). The noise schedule is the preset's (``adm_noise_schedule``), and class-conditional
+models (adm64/128/256/512_cond) get the fixed ImageNet label ``class_label`` (``resolve_class_label``).
 """
 import logging
 from collections.abc import Callable, Sequence
@@ -19,11 +24,13 @@ from pathlib import Path
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags
+from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags, adm_noise_schedule
 from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.utils.diffusion import named_alphas_cumprod
 from difflid.utils.padding import pad_to_multiple
 
-__all__ = ['HSpaceExtractor', 'TAP_ALIASES', 'build_adm_unet', 'load_adm_checkpoint', 'resolve_tap', 'run_padded']
+__all__ = ['DEFAULT_CLASS_LABEL', 'HSpaceExtractor', 'TAP_ALIASES', 'build_adm_unet', 'class_labels',
+           'load_adm_checkpoint', 'resolve_class_label', 'resolve_tap', 'run_padded', 'use_adm_schedule']
 
 logger = logging.getLogger('basicsr')
 
@@ -35,6 +42,43 @@ ADM_CHECKPOINT_HELP = (
     '(`network_prior: checkpoint:` in the option file) to where it is.')
 
 _MAX_LISTED = 5
+
+# The ImageNet class a class-conditional prior is given when ``class_label`` is not set: 979, "valley". The label
+# embedding is added to the timestep embedding that conditions every ResBlock, so a class-conditional model's
+# h-space is a function of (x_t, t, label): there is no label-free h-space. The paper's prior is unconditional;
+# a fixed label keeps features deterministic, and a landscape class is the closest ImageNet has to hazy outdoor
+# scenes. It is a choice, not a measurement: set ``class_label`` (or sweep it) to compare.
+DEFAULT_CLASS_LABEL = 979
+
+
+def resolve_class_label(owner: str, unet: str | dict, class_label: int | None) -> int | None:
+    """The label ``y`` to give the UNet of ``unet`` (preset name or flags): None for an unconditional model (where
+    a ``class_label`` is an error), ``class_label`` or ``DEFAULT_CLASS_LABEL`` for a class-conditional one."""
+    if not adm_flags(unet).get('class_cond', False):
+        if class_label is not None:
+            raise ValueError(f'{owner}: class_label={class_label!r} is given, but the UNet is unconditional '
+                             '(class_cond false); remove class_label, or use a class-conditional preset')
+        return None
+    if class_label is None:
+        return DEFAULT_CLASS_LABEL
+    if isinstance(class_label, bool) or not isinstance(class_label, int) or not 0 <= class_label < 1000:
+        raise ValueError(f'{owner}: class_label must be an ImageNet class id, an integer in [0, 999], '
+                         f'got {class_label!r}')
+    return class_label
+
+
+def class_labels(label: int | None, batch: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The trailing ``y`` argument of a UNet call for a batch: ``(y,)`` with ``label`` for every sample, or ``()``
+    for an unconditional model (so the call is the plain ``(x, t)`` one)."""
+    return () if label is None else (torch.full((batch,), label, dtype=torch.long, device=device),)
+
+
+def use_adm_schedule(extractor: GuidanceExtractor, unet: str | dict) -> None:
+    """Give ``extractor`` the noise schedule its ADM UNet was trained with (``adm_noise_schedule``): a cosine
+    preset replaces the base's linear ᾱ_t; a linear one keeps it (built from beta_start/beta_end)."""
+    schedule = adm_noise_schedule(unet)
+    if schedule != 'linear':
+        extractor.set_schedule(named_alphas_cumprod(schedule, extractor.num_diffusion_steps))
 
 
 def _listing(keys: Sequence[str]) -> str:
@@ -78,7 +122,8 @@ def load_adm_checkpoint(unet: ADMUNet, path: str | Path) -> None:
             f'checkpoint {path} does not fit the configured ADM UNet: ' + '; '.join(problems) +
             '. Check the UNet flags (class_cond, learn_sigma, num_channels, num_res_blocks, channel_mult, '
             'attention_resolutions, resblock_updown) against those the checkpoint was trained with; '
-            'preset adm256_uncond matches 256x256_diffusion_uncond.pt.')
+            'each public checkpoint has a preset named after it (ADM_CHECKPOINTS in difflid/archs/adm_unet_arch.py, '
+            'e.g. adm256_uncond for 256x256_diffusion_uncond.pt).')
     unet.load_state_dict(state, strict=True)
 
 
@@ -86,13 +131,15 @@ def build_adm_unet(owner: str, unet: str | dict, checkpoint: str | None, random_
                    encoder_only: bool) -> ADMUNet:
     """The frozen ADM UNet of a feature source (``owner`` names it in errors and logs): the guided-diffusion
     ``checkpoint``, or, only with ``random_weights``, weights drawn from ``init_seed`` (the same in every
-    process and run, without touching the global RNG)."""
+    process and run, without touching the global RNG). The network records the schedule it was trained with as
+    ``noise_schedule`` (DiffLoss reads it from a shared UNet)."""
     if checkpoint is None and not random_weights:
         raise ValueError(f'{owner}: no checkpoint given. {ADM_CHECKPOINT_HELP} '
                          '(For tests and demos only, `random_weights: true` builds a random prior.)')
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         net = ADMUNet(**adm_flags(unet), encoder_only=encoder_only)
+    net.noise_schedule = adm_noise_schedule(unet)
     if checkpoint is None:
         logger.warning(f'{owner}: the diffusion prior has RANDOM weights (random_weights: true); '
                        'its features carry no ImageNet knowledge, fine for tests and demos only.')
@@ -140,7 +187,7 @@ def resolve_tap(tap: str, layout: dict[str, tuple[int, int]]) -> str:
 class HSpaceExtractor(GuidanceExtractor):
     """Frozen diffusion UNet returning h-space features (or another block's output) at several timesteps.
 
-    Inputs whose H or W is not a multiple of the feature stride (32 for h-space in both presets) are
+    Inputs whose H or W is not a multiple of the feature stride (32 for h-space in adm256_uncond) are
     reflect-padded at the bottom/right, so h has ceil(H/32) x ceil(W/32) positions. Noise, freezing and
     precision are the ``GuidanceExtractor`` base's.
 
@@ -166,13 +213,15 @@ class HSpaceExtractor(GuidanceExtractor):
     to the UNet's factor (32) when the block's stride is smaller (the features are cropped back).
 
     Args:
-        unet: Preset name ('adm256_uncond', 'adm_tiny') or a dict of guided-diffusion flags, optionally
-            with ``preset`` to start from.
+        unet: Preset name (any key of ``ADM_PRESETS``: 'adm256_uncond', 'adm64_cond', 'lsun_bedroom', 'dps_ffhq',
+            'adm_tiny', ...) or a dict of guided-diffusion flags, optionally with ``preset`` to start from. The noise
+            schedule is the preset's (cosine for adm64_cond, linear otherwise, linear for flags without a preset);
+            a ``noise_schedule`` key ('linear' or 'cosine') in the dict overrides it.
         checkpoint: Path of the guided-diffusion state dict (e.g. pretrained/256x256_diffusion_uncond.pt).
         timesteps: Integer timesteps in [0, num_diffusion_steps); paper: t1=0 (content), t2=500 (haze).
-        num_diffusion_steps: T of the linear β schedule.
-        beta_start: β_1 of the linear schedule (for T=1000).
-        beta_end: β_T of the linear schedule (for T=1000).
+        num_diffusion_steps: T of the β schedule.
+        beta_start: β_1 of the linear schedule (for T=1000); unused by a cosine one.
+        beta_end: β_T of the linear schedule (for T=1000); unused by a cosine one.
         seed: Seed of the fixed noise. ε is a function of (seed, t, channel, y, x) in absolute image
             coordinates (``difflid.utils.noise``), so the same image gives the same features on every call,
             in any batch position, on any device, and a tile or crop is noised exactly as the same window
@@ -185,6 +234,10 @@ class HSpaceExtractor(GuidanceExtractor):
         random_weights: Allow ``checkpoint: ~``: random weights, for tests and demos only.
         init_seed: Seed of those random weights, so every process and every run builds the same prior.
         tap: 'middle' (h-space), 'layer_e', 'layer_d', 'middle_block', 'input_blocks.N' or 'output_blocks.N'.
+        class_label: ImageNet class id (0-999) given to a class-conditional UNet as ``y``; its embedding joins the
+            timestep embedding in every ResBlock, so the features (h-space included) depend on it. Default:
+            ``DEFAULT_CLASS_LABEL`` (979, "valley": a fixed landscape class, for hazy outdoor scenes). An error
+            for an unconditional UNet.
     """
 
     def __init__(
@@ -201,8 +254,11 @@ class HSpaceExtractor(GuidanceExtractor):
         random_weights: bool = False,
         init_seed: int = 0,
         tap: str = 'middle',
+        class_label: int | None = None,
     ) -> None:
         super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype)
+        use_adm_schedule(self, unet)
+        self.class_label = resolve_class_label('HSpaceExtractor', unet, class_label)
         with torch.device('meta'):  # the block layout without weights: a wrong tap fails at once
             layout = ADMUNet(**adm_flags(unet), encoder_only=True).block_layout
         self.tap = tap
@@ -215,6 +271,7 @@ class HSpaceExtractor(GuidanceExtractor):
                              'network_prior.encoder_only is true; remove encoder_only (the decoder is then built '
                              'for decoder taps) or set it to false')
         self.unet = build_adm_unet('HSpaceExtractor', unet, checkpoint, random_weights, init_seed, encoder_only)
+        self.unet.class_label = self.class_label  # DiffLoss on this shared UNet uses the same label
         self.freeze()
 
     @property
@@ -229,13 +286,14 @@ class HSpaceExtractor(GuidanceExtractor):
 
     @property
     def downsample_factor(self) -> int:
-        """Spatial stride of the tapped block (32 for h-space in both presets)."""
+        """Spatial stride of the tapped block (32 for h-space in adm256_uncond)."""
         return self.unet.block_layout[self.block][1]
 
     def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        y = class_labels(self.class_label, x_t.shape[0], x_t.device)
         if self.block == 'middle_block':
-            return self.unet.forward_hspace(x_t, t)
+            return self.unet.forward_hspace(x_t, t, *y)
         if not self.block.startswith('output_blocks.'):
-            return self.unet.forward_block(x_t, t, self.block)
-        return run_padded(lambda x: self.unet.forward_block(x, t, self.block), x_t, self.unet.downsample_factor,
+            return self.unet.forward_block(x_t, t, self.block, *y)
+        return run_padded(lambda x: self.unet.forward_block(x, t, self.block, *y), x_t, self.unet.downsample_factor,
                           self.downsample_factor)

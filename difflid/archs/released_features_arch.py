@@ -19,7 +19,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch.nn import functional as F
 
 from difflid.archs.guidance_base import GuidanceExtractor
-from difflid.archs.hspace_arch import build_adm_unet, run_padded
+from difflid.archs.hspace_arch import build_adm_unet, class_labels, resolve_class_label, run_padded, use_adm_schedule
 
 __all__ = ['ReleasedFeatureExtractor']
 
@@ -30,23 +30,26 @@ class ReleasedFeatureExtractor(GuidanceExtractor):
 
     Features are (B, 6, ceil(H/stride), ceil(W/stride)) for learn_sigma models (3 without): every output
     channel, the variance ones included, as the release's ``h_channels: 6``. The full UNet needs H and W
-    divisible by its down-sampling factor (32 for both presets): the input is reflect-padded to a multiple
+    divisible by its down-sampling factor (32 for adm256_uncond): the input is reflect-padded to a multiple
     of both that and ``stride`` and the features are cropped back to the image's grid.
 
     Args:
-        unet: Preset name ('adm256_uncond', 'adm_tiny') or a dict of guided-diffusion flags (as HSpaceExtractor).
+        unet: Preset name (any key of ``ADM_PRESETS``) or a dict of guided-diffusion flags (as HSpaceExtractor);
+            the noise schedule is the preset's unless the dict's ``noise_schedule`` key overrides it.
         checkpoint: Path of the guided-diffusion state dict (e.g. pretrained/256x256_diffusion_uncond.pt).
         timesteps: Integer timesteps in [0, num_diffusion_steps) at which the image is noised; the UNet is
             given ᾱ_t instead of t (release: t1=0, t2=500, i.e. 0.9999 and 0.0778).
-        num_diffusion_steps: T of the linear β schedule.
-        beta_start: β_1 of the linear schedule (for T=1000).
-        beta_end: β_T of the linear schedule (for T=1000).
+        num_diffusion_steps: T of the β schedule.
+        beta_start: β_1 of the linear schedule (for T=1000); unused by a cosine one.
+        beta_end: β_T of the linear schedule (for T=1000); unused by a cosine one.
         seed: Seed of the fixed, position-indexed noise (the release draws fresh noise on every call;
             ``fresh_noise`` does that in training).
         dtype: 'fp32', or 'bf16'/'fp16' autocast for the UNet.
         stride: Average-pooling cell, the features' stride (DiffLI2D's ``h_stride``): 32 by default.
         random_weights: Allow ``checkpoint: ~``: random weights, for tests and demos only.
         init_seed: Seed of those random weights.
+        class_label: ImageNet class id (0-999) for a class-conditional UNet, as HSpaceExtractor (default
+            ``DEFAULT_CLASS_LABEL``); an error for an unconditional one.
     """
 
     def __init__(
@@ -62,8 +65,11 @@ class ReleasedFeatureExtractor(GuidanceExtractor):
         stride: int = 32,
         random_weights: bool = False,
         init_seed: int = 0,
+        class_label: int | None = None,
     ) -> None:
         super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype)
+        use_adm_schedule(self, unet)
+        self.class_label = resolve_class_label('ReleasedFeatureExtractor', unet, class_label)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f'ReleasedFeatureExtractor: network_prior.stride must be a positive integer (32: '
                              f"DiffLI2D's h_stride), got {stride!r}")
@@ -84,8 +90,9 @@ class ReleasedFeatureExtractor(GuidanceExtractor):
 
     def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha_bar = self.alphas_cumprod[t].float()  # the release's timestep argument
+        y = class_labels(self.class_label, x_t.shape[0], x_t.device)
 
         def pooled_output(x: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool2d(self.unet(x, alpha_bar), self.stride)
+            return F.avg_pool2d(self.unet(x, alpha_bar, *y), self.stride)
 
         return run_padded(pooled_output, x_t, math.lcm(self.stride, self.unet.downsample_factor), self.stride)

@@ -18,9 +18,9 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
-from difflid.archs.hspace_arch import load_adm_checkpoint
-from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.archs.adm_unet_arch import ADMUNet, adm_flags, adm_noise_schedule
+from difflid.archs.hspace_arch import class_labels, load_adm_checkpoint, resolve_class_label
+from difflid.utils.diffusion import named_alphas_cumprod, q_sample, to_diffusion_range
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import DTYPES, autocast
 
@@ -37,14 +37,19 @@ class DiffLoss(nn.Module):
         eps_weight: Weight of the ε-space term (0 switches it off, and the decoder is not run).
         h_weight: Weight of the h-space term (0 switches it off).
         t_range: Inclusive range [t_min, t_max] of the timestep drawn uniformly per sample.
-        unet: ADM preset name or guided-diffusion flags (as HSpaceExtractor).
+        unet: ADM preset name or guided-diffusion flags (as HSpaceExtractor). The noise schedule is the preset's
+            (cosine for adm64_cond, else linear) unless the dict's ``noise_schedule`` key overrides it; with
+            ``shared_unet``, the schedule that UNet was built with (``noise_schedule`` attribute, linear if none).
         checkpoint: guided-diffusion state dict (e.g. pretrained/256x256_diffusion_uncond.pt).
         random_weights: Allow ``checkpoint: ~`` (random UNet, for tests only).
         init_seed: Seed of those random weights.
         use_checkpoint: Gradient checkpointing inside the UNet (less activation memory, one more forward).
         dtype: 'fp32' or 'bf16' (autocast for the UNet pass; the loss itself stays fp32).
-        num_diffusion_steps: T of the linear β schedule.
+        num_diffusion_steps: T of the β schedule.
         loss_weight: Overall factor (basicsr convention), applied to both terms.
+        class_label: ImageNet class id (0-999) for a class-conditional UNet (an error for an unconditional one).
+            Default: the label of the prior sharing its UNet (``class_label`` attribute), else
+            ``DEFAULT_CLASS_LABEL`` (see HSpaceExtractor).
         shared_unet: An already loaded frozen UNet to use instead of building one (DiffLI2DModel passes its
             prior's, so that the weights exist once per process). Not a YAML key.
     """
@@ -62,6 +67,7 @@ class DiffLoss(nn.Module):
         dtype: str = 'fp32',
         num_diffusion_steps: int = 1000,
         loss_weight: float = 1.0,
+        class_label: int | None = None,
         shared_unet: ADMUNet | None = None,
     ) -> None:
         super().__init__()
@@ -80,12 +86,20 @@ class DiffLoss(nn.Module):
             if checkpoint is None and not random_weights:
                 raise ValueError('DiffLoss: set checkpoint (pretrained/256x256_diffusion_uncond.pt, see README) '
                                  'or, for tests only, random_weights: true')
+            schedule = adm_noise_schedule(unet)
+            self.class_label = resolve_class_label('DiffLoss', unet, class_label)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
                 shared_unet = ADMUNet(**adm_flags(unet), encoder_only=eps_weight == 0)
             if checkpoint is not None:
                 load_adm_checkpoint(shared_unet, checkpoint)
-        elif eps_weight and shared_unet.encoder_only:
+        else:
+            schedule = getattr(shared_unet, 'noise_schedule', 'linear')
+            if class_label is None:
+                class_label = getattr(shared_unet, 'class_label', None)
+            self.class_label = resolve_class_label('DiffLoss', {'class_cond': shared_unet.num_classes is not None},
+                                                   class_label)
+        if eps_weight and shared_unet.encoder_only:
             raise ValueError('DiffLoss: the ε term needs the full UNet, but the shared one is encoder-only')
         # NOTE: a list, not a submodule, so a shared UNet is neither saved again nor moved twice with this loss
         self._unet = [shared_unet.eval().requires_grad_(False)]
@@ -93,7 +107,7 @@ class DiffLoss(nn.Module):
             for module in shared_unet.modules():
                 if hasattr(module, 'use_checkpoint'):
                     module.use_checkpoint = True
-        self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps), persistent=False)
+        self.register_buffer('alphas_cumprod', named_alphas_cumprod(schedule, num_diffusion_steps), persistent=False)
 
     @property
     def unet(self) -> ADMUNet:
@@ -105,11 +119,12 @@ class DiffLoss(nn.Module):
 
     def _unet_pass(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(ε̂ or None, h) in float32 for noised images x_t; the decoder runs only when the ε term is on."""
+        y = class_labels(self.class_label, x_t.shape[0], x_t.device)
         with autocast(x_t.device.type, self.dtype):  # fp32: an enclosing autocast stays in force
             if self.eps_weight:
-                out, h = self.unet.forward_with_hspace(x_t, t)
+                out, h = self.unet.forward_with_hspace(x_t, t, *y)
                 return out[:, :3].float(), h.float()  # with learn_sigma the other 3 channels are the variance
-            return None, self.unet.forward_hspace(x_t, t).float()
+            return None, self.unet.forward_hspace(x_t, t, *y).float()
 
     def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(l_eps, l_h) for (B, 3, H, W) images in [0, 1]; a term is None when its weight is 0.

@@ -1,11 +1,12 @@
-"""The forward (noising) process of a DDPM with guided-diffusion's linear β schedule.
+"""The forward (noising) process of a DDPM, with guided-diffusion's two β schedules: linear (Ho et al.) and
+cosine (Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021).
 
 Images enter the diffusion model in [-1, 1]; ``to_diffusion_range`` is the one place where difflid's
 [0, 1] images are converted.
 """
 import torch
 
-__all__ = ['linear_alphas_cumprod', 'q_sample', 'to_diffusion_range']
+__all__ = ['cosine_alphas_cumprod', 'linear_alphas_cumprod', 'named_alphas_cumprod', 'q_sample', 'to_diffusion_range']
 
 
 def linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -17,6 +18,29 @@ def linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 1e-4, beta_
     scale = 1000 / num_steps
     betas = torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """ᾱ of the cosine schedule, float64 of shape (num_steps,).
+
+    ᾱ(t) = f(t)/f(0) with f(t) = cos²((t/T + s)/(1 + s)·π/2) on a continuous t in [0, T]; step i (0-based) has
+    β_i = 1 - ᾱ(i+1)/ᾱ(i), clipped at ``max_beta`` (the last steps would otherwise reach β = 1), and the
+    discrete ᾱ_i = ∏_{j≤i} (1 - β_j). The f(0) normalisation cancels in the ratios.
+    """
+    steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((steps + s) / (1 + s) * torch.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def named_alphas_cumprod(schedule: str, num_steps: int = 1000, beta_start: float = 1e-4,
+                         beta_end: float = 0.02) -> torch.Tensor:
+    """ᾱ of a named schedule, 'linear' (from ``beta_start``/``beta_end``) or 'cosine', float64 (num_steps,)."""
+    if schedule == 'linear':
+        return linear_alphas_cumprod(num_steps, beta_start, beta_end)
+    if schedule == 'cosine':
+        return cosine_alphas_cumprod(num_steps)
+    raise ValueError(f"unknown noise schedule {schedule!r}; choose 'linear' or 'cosine'")
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:

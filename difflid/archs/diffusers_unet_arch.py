@@ -1,0 +1,198 @@
+"""DiffusersUNetExtractor: a diffusers ``UNet2DModel`` folder as DiffLI²D's frozen diffusion prior.
+
+Any unconditional pixel-space DDPM/DDIM UNet saved with diffusers' ``save_pretrained`` (``config.json`` and
+``diffusion_pytorch_model.safetensors``/``.bin``), or a pipeline folder holding it under ``unet/``, becomes
+the h-space source: x_t is formed by the ``GuidanceExtractor`` base (seeded position-indexed noise) with the
+ᾱ_t of the model's own scheduler config when one is found (``scheduler_config.json`` in the folder, in
+``scheduler/`` of a pipeline folder, or in ``../scheduler/`` of a pipeline's ``unet/`` folder), else with the
+base's linear schedule. The UNet gets the integer t; h is the output of its ``mid_block``. Only the time
+embedding, ``conv_in``, the down blocks and the middle block are run (exactly as ``UNet2DModel.forward`` runs
+them); the up blocks are not kept. h has ``block_out_channels[-1]`` channels at stride 2**(down blocks that
+down-sample), e.g. 8 for a four-block 32x32 CIFAR-10 DDPM, 32 for a six-block 256x256 model.
+
+Nothing is ever downloaded: the folder must be local (``local_files_only``). diffusers is an optional
+dependency (``pip install -e ".[diffusers]"``), imported only when this extractor is built.
+"""
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from difflid.archs.guidance_base import GuidanceExtractor
+
+__all__ = ['DiffusersUNetExtractor', 'find_scheduler_config', 'resolve_unet_folder']
+
+logger = logging.getLogger('basicsr')
+
+INSTALL_HELP = ('DiffusersUNetExtractor needs the diffusers package: pip install -e ".[diffusers]" '
+                '(or pip install diffusers)')
+_WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin',
+                 'diffusion_pytorch_model.safetensors.index.json', 'diffusion_pytorch_model.bin.index.json')
+_SCHEDULER_FILE = 'scheduler_config.json'
+
+
+def _import_diffusers():
+    try:
+        import diffusers
+    except ImportError as err:
+        raise ImportError(INSTALL_HELP) from err
+    return diffusers
+
+
+def resolve_unet_folder(path: str | Path) -> Path:
+    """The folder holding the UNet's ``config.json``: ``path`` itself, or ``path/unet`` of a pipeline folder.
+    Raises FileNotFoundError naming the path when neither exists."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f'DiffusersUNetExtractor: network_prior.diffusers folder not found: {folder.resolve()} '
+                                '(a UNet2DModel saved with save_pretrained, or a pipeline folder with unet/)')
+    for candidate in (folder, folder / 'unet'):
+        if (candidate / 'config.json').is_file():
+            return candidate
+    raise FileNotFoundError(f'DiffusersUNetExtractor: no config.json in {folder.resolve()} nor in its unet/ subfolder '
+                            '(network_prior.diffusers must be a UNet2DModel save_pretrained folder or a pipeline '
+                            'folder with unet/)')
+
+
+def find_scheduler_config(unet_folder: Path) -> Path | None:
+    """The scheduler config that goes with a UNet folder: in the folder, in ``scheduler/`` below it (a pipeline
+    folder given directly) or in ``../scheduler/`` (the ``unet/`` of a pipeline); None when there is none."""
+    for folder in (unet_folder, unet_folder / 'scheduler', unet_folder.parent / 'scheduler'):
+        if (folder / _SCHEDULER_FILE).is_file():
+            return folder / _SCHEDULER_FILE
+    return None
+
+
+def scheduler_alphas_cumprod(config_file: Path) -> torch.Tensor:
+    """ᾱ_t of a diffusers scheduler config, computed by diffusers itself: the class the config names when it has
+    ``alphas_cumprod`` (DDPM, DDIM, PNDM, ...), else DDPMScheduler with the same β fields."""
+    diffusers = _import_diffusers()
+    config = json.loads(config_file.read_text())
+    cls = getattr(diffusers, str(config.get('_class_name')), None)
+    if cls is not None and hasattr(cls, 'from_config'):
+        try:
+            scheduler = cls.from_config(config)
+        except Exception:  # a scheduler class that cannot be built from its own fields: the DDPM reading below
+            scheduler = None
+        if scheduler is not None and isinstance(getattr(scheduler, 'alphas_cumprod', None), torch.Tensor):
+            return scheduler.alphas_cumprod.double()
+    return diffusers.DDPMScheduler.from_config(config).alphas_cumprod.double()
+
+
+@ARCH_REGISTRY.register()
+class DiffusersUNetExtractor(GuidanceExtractor):
+    """Frozen diffusers ``UNet2DModel`` returning its middle-block output (h-space) at several timesteps.
+
+    Args:
+        diffusers: Folder of a ``UNet2DModel`` saved with ``save_pretrained`` (config.json and weights), or of a
+            pipeline with ``unet/`` (and ``scheduler/``). Loaded with ``local_files_only``: never a download.
+        timesteps: Integer timesteps in [0, T) with T the scheduler's ``num_train_timesteps`` (or
+            ``num_diffusion_steps`` without a scheduler config); paper: t1=0 (content), t2=500 (haze).
+        num_diffusion_steps: T of the base's linear β schedule, used only when the folder has no scheduler config.
+        beta_start: β_1 of that linear schedule.
+        beta_end: β_T of that linear schedule.
+        seed: Seed of the fixed position-indexed noise (the base's).
+        dtype: 'fp32', 'bf16' or 'fp16' autocast for the UNet.
+        random_weights: Random weights instead of the folder's (tests and demos only; also the random control of
+            ``control_options``): the architecture comes from ``config`` or else from the folder's config.json.
+        init_seed: Seed of the random weights.
+        config: ``UNet2DModel`` keyword arguments for ``random_weights`` without a folder (or instead of its
+            config.json).
+    """
+
+    def __init__(
+        self,
+        diffusers: str | None = None,
+        timesteps: Sequence[int] = (0, 500),
+        num_diffusion_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        seed: int = 0,
+        dtype: str = 'fp32',
+        random_weights: bool = False,
+        init_seed: int = 0,
+        config: dict | None = None,
+    ) -> None:
+        if diffusers is None and not (random_weights and config is not None):
+            raise ValueError('DiffusersUNetExtractor: no network_prior.diffusers folder given (a UNet2DModel '
+                             'save_pretrained folder or a pipeline folder with unet/). (For tests and demos only, '
+                             '`random_weights: true` with a `config:` dict of UNet2DModel arguments builds a random '
+                             'prior.)')
+        # the schedule first: timesteps are checked against the scheduler's T, not the linear default's
+        super().__init__([0], num_diffusion_steps, beta_start, beta_end, seed, dtype)
+        library = _import_diffusers()
+        folder = None if diffusers is None else resolve_unet_folder(diffusers)
+        scheduler_file = None if folder is None else find_scheduler_config(folder)
+        if scheduler_file is None:
+            logger.info(f'DiffusersUNetExtractor: no {_SCHEDULER_FILE} found with {diffusers}; using the linear β '
+                        f'schedule (T={num_diffusion_steps}, β from {beta_start} to {beta_end})')
+        else:
+            self.set_schedule(scheduler_alphas_cumprod(scheduler_file))
+            logger.info(f'DiffusersUNetExtractor: ᾱ_t from {scheduler_file} (T={self.num_diffusion_steps})')
+        self.timesteps = self.check_timesteps(timesteps)
+
+        if random_weights:
+            kwargs = dict(config) if config is not None else library.UNet2DModel.load_config(folder,
+                                                                                          local_files_only=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                unet = library.UNet2DModel.from_config(kwargs)
+            logger.warning('DiffusersUNetExtractor: the diffusion prior has RANDOM weights (random_weights: true); '
+                           'fine for tests and demos only.')
+        else:
+            if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+                raise FileNotFoundError(f'DiffusersUNetExtractor: no weights in {folder.resolve()} (expected one of '
+                                        f'{", ".join(_WEIGHT_FILES[:2])}, as save_pretrained writes)')
+            unet = library.UNet2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+            logger.info(f'DiffusersUNetExtractor: loaded UNet2DModel from {folder}')
+        self._check_supported(unet, diffusers)
+        # the decoder is never run: drop it (h is the middle block's output)
+        unet.up_blocks = torch.nn.ModuleList()
+        unet.conv_norm_out = unet.conv_act = unet.conv_out = None
+        self.unet = unet
+        self.freeze()
+
+    @staticmethod
+    def _check_supported(unet, source) -> None:
+        cfg = unet.config
+        problems = []
+        if unet.mid_block is None:
+            problems.append('it has no mid_block (mid_block_type is None), so no h-space')
+        if unet.class_embedding is not None:
+            problems.append(f'it is class-conditional (class_embed_type={cfg.class_embed_type!r}, '
+                            f'num_class_embeds={cfg.num_class_embeds!r}); only unconditional models are supported')
+        if cfg.time_embedding_type != 'positional':
+            problems.append(f'its time_embedding_type is {cfg.time_embedding_type!r} (it takes noise levels, not '
+                            'integer DDPM timesteps); only positional is supported')
+        if cfg.in_channels != 3:
+            problems.append(f'it takes {cfg.in_channels} input channels, not RGB (3)')
+        if problems:
+            raise ValueError(f'DiffusersUNetExtractor: the UNet2DModel of {source} cannot serve as the prior: '
+                             + '; '.join(problems))
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the middle block (``block_out_channels[-1]``)."""
+        return int(self.unet.config.block_out_channels[-1])
+
+    @property
+    def downsample_factor(self) -> int:
+        """2 ** (number of down blocks that down-sample): every block but the last in a UNet2DModel."""
+        return 2 ** sum(getattr(block, 'downsamplers', None) is not None for block in self.unet.down_blocks)
+
+    def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``UNet2DModel.forward`` up to and including the middle block (its steps 0-4)."""
+        unet = self.unet
+        sample = 2 * x_t - 1.0 if unet.config.center_input_sample else x_t
+        emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
+        skip_sample = sample
+        sample = unet.conv_in(sample)
+        for block in unet.down_blocks:
+            if hasattr(block, 'skip_conv'):
+                sample, _, skip_sample = block(hidden_states=sample, temb=emb, skip_sample=skip_sample)
+            else:
+                sample, _ = block(hidden_states=sample, temb=emb)
+        return unet.mid_block(sample, emb)
