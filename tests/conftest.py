@@ -1,5 +1,8 @@
 """difflid is imported first so that test modules may import basicsr freely (torchvision alias in difflid.compat)."""
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import difflid  # noqa: F401  patches basicsr before any test imports it
@@ -67,3 +70,16 @@ def hazy_astronaut(height: int = 256, width: int = 384) -> torch.Tensor:
     """(1, 3, H, W) in [0, 1]: scikit-image's astronaut photo under a uniform veil."""
     photo = torch.from_numpy(data.astronaut()[:height, :width].astype(np.float32) / 255).permute(2, 0, 1)[None]
     return photo * 0.6 + 0.35
+
+
+def train_then_infer(cwd: Path, train_yml: Path, weights: Path, image: Path,
+                     tools: Path) -> subprocess.CompletedProcess:
+    """tools/train.py -opt train_yml, then tools/infer.py -opt weights -i image -o restored, both as __main__ in
+    one subprocess in ``cwd`` (a second interpreter start-up would double the test's time)."""
+    script = ('import runpy, sys\n'
+              f'sys.argv = ["train.py", "-opt", {str(train_yml)!r}]\n'
+              f'runpy.run_path({str(tools / "train.py")!r}, run_name="__main__")\n'
+              f'sys.argv = ["infer.py", "-opt", {str(weights)!r}, "-i", {str(image)!r}, "-o", "restored"]\n'
+              f'runpy.run_path({str(tools / "infer.py")!r}, run_name="__main__")\n')
+    return subprocess.run([sys.executable, '-c', script], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})

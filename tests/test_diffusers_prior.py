@@ -1,9 +1,7 @@
 """DiffusersUNetExtractor: a diffusers UNet2DModel folder (save_pretrained) as the frozen diffusion prior."""
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 
 import cv2
@@ -19,7 +17,7 @@ from difflid.archs.diffusers_unet_arch import DiffusersUNetExtractor  # noqa: E4
 from difflid.archs.guidance_base import control_options  # noqa: E402
 from difflid.utils.diffusion import linear_alphas_cumprod  # noqa: E402
 from difflid.utils.noise import position_noise  # noqa: E402
-from tests.conftest import REPO_ROOT, write_pairs  # noqa: E402
+from tests.conftest import REPO_ROOT, train_then_infer, write_pairs  # noqa: E402
 
 # stride 4: three blocks, two of which down-sample; attention in the middle block and one down block
 STRIDE4 = dict(sample_size=32, block_out_channels=(16, 24, 32), layers_per_block=1, norm_num_groups=8,
@@ -187,13 +185,7 @@ def test_train_and_infer_with_a_diffusers_prior(tmp_path):
     exp = tmp_path / 'experiments' / 'diffusers_prior'
     weights = exp / 'models' / 'net_g_2.pth'
     tools = tmp_path / 'tools'
-    script = ('import runpy, sys\n'
-              f'sys.argv = ["train.py", "-opt", {str(tmp_path / "train.yml")!r}]\n'
-              f'runpy.run_path({str(tools / "train.py")!r}, run_name="__main__")\n'
-              f'sys.argv = ["infer.py", "-opt", {str(weights)!r}, "-i", {str(lq / "000.png")!r}, "-o", "restored"]\n'
-              f'runpy.run_path({str(tools / "infer.py")!r}, run_name="__main__")\n')
-    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    proc = train_then_infer(tmp_path, tmp_path / 'train.yml', weights, lq / '000.png', tools)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = ''.join(p.read_text() for p in exp.glob('train_*.log'))
     assert '32 channels at stride 4' in log and re.search(r'iter: +2, ', log)

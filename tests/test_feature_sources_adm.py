@@ -1,11 +1,8 @@
 """The ADM feature sources beyond h-space: other blocks of the UNet (``HSpaceExtractor(tap=...)``, the paper's
 Table 3 Layer-E / Layer-D) and the released code's features (``ReleasedFeatureExtractor``), checked against
 guided-diffusion's own UNet."""
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -19,7 +16,7 @@ from difflid.archs.adm_unet_arch import ADM_PRESETS, ADMUNet, adm_flags
 from difflid.archs.difflid_arch import ContentIntegration, DiffLI2D
 from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.archs.released_features_arch import ReleasedFeatureExtractor
-from tests.conftest import REPO_ROOT, nontrivial_weights, write_pairs
+from tests.conftest import REPO_ROOT, nontrivial_weights, train_then_infer, write_pairs
 
 guided_script_util = pytest.importorskip('guided_diffusion.script_util', reason='reference: pip install -e .[dev]')
 
@@ -305,14 +302,7 @@ def test_train_and_infer_with_each_feature_source(tmp_path, source):
     exp = tmp_path / 'experiments' / f'src_{source}'
     weights = exp / 'models' / 'net_g_2.pth'
     tools = tmp_path / 'tools'
-    # both tools as __main__ in one process (a second start-up would double the test's time)
-    script = ('import runpy, sys\n'
-              f'sys.argv = ["train.py", "-opt", {str(tmp_path / "train.yml")!r}]\n'
-              f'runpy.run_path({str(tools / "train.py")!r}, run_name="__main__")\n'
-              f'sys.argv = ["infer.py", "-opt", {str(weights)!r}, "-i", {str(lq / "000.png")!r}, "-o", "restored"]\n'
-              f'runpy.run_path({str(tools / "infer.py")!r}, run_name="__main__")\n')
-    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    proc = train_then_infer(tmp_path, tmp_path / 'train.yml', weights, lq / '000.png', tools)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = ''.join(p.read_text() for p in exp.glob('train_*.log'))
     assert f'{h_channels} channels at stride 32' in log and re.search(r'iter: +2, ', log)
