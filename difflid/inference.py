@@ -133,6 +133,10 @@ class Restorer:
         if not config:
             raise ValueError(f'{path} holds no network options (only checkpoints saved by difflid do); '
                              'pass the test option file with -opt instead')
+        if 'noise_schedule' in config:
+            raise ValueError(f'{path} is a diffusion prior (trained by DiffusionPriorModel), not a restoration '
+                             'network: use it as network_prior.checkpoint, or sample from it with '
+                             'tools/sample_prior.py')
         experiment = path.resolve().parent.parent  # basicsr saves to <project>/experiments/<name>/models/
         project = [experiment.parent.parent] if experiment.parent.name == 'experiments' else []
         prior = locate(config.get('network_prior'), 'network_prior', [Path.cwd(), experiment, *project, root])

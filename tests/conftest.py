@@ -83,3 +83,24 @@ def train_then_infer(cwd: Path, train_yml: Path, weights: Path, image: Path,
               f'runpy.run_path({str(tools / "infer.py")!r}, run_name="__main__")\n')
     return subprocess.run([sys.executable, '-c', script], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
+
+
+def guided_training_options(name: str, gt: Path, lq: Path, prior: dict, network_g: dict) -> dict:
+    """Options of a 2-iteration DiffLI2DModel run on ``write_pairs`` data (32 px crops, batch 1) guided by ``prior``:
+    the end-to-end check that a feature source trains DiffLI²D and its checkpoint restores an image."""
+    return {
+        'name': name, 'model_type': 'DiffLI2DModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'train': {
+            'name': 'toy', 'type': 'PairedImageDataset', 'dataroot_gt': str(gt), 'dataroot_lq': str(lq),
+            'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': False,
+            'use_rot': False, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
+            'prefetch_mode': None}},
+        'network_prior': prior,
+        'network_g': network_g,
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
+                                                                          'gamma': 0.5},
+                  'total_iter': 2, 'warmup_iter': -1, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False,
+                   'wandb': {'project': None, 'resume_id': None}},
+    }

@@ -145,8 +145,11 @@ def test_gradient_checkpointing_works_with_frozen_parameters():
         x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
         (net(x, 100).square().mean() + net.forward_hspace(x, 100).mean()).backward()
         grads.append(x.grad)
-    assert grads[0].abs().sum() > 0
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    scale = float(grads[0].abs().max())
+    assert scale > 0
+    # multi-threaded reductions may sum in another order in the recomputation: agree to 1e-4 of the largest
+    # gradient (a branch missing from the recomputation would differ by O(1) of it)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4 * scale)
     assert all(p.grad is None for p in ckpt.parameters())
 
 

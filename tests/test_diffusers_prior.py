@@ -17,7 +17,7 @@ from difflid.archs.diffusers_unet_arch import DiffusersUNetExtractor  # noqa: E4
 from difflid.archs.guidance_base import control_options  # noqa: E402
 from difflid.utils.diffusion import linear_alphas_cumprod  # noqa: E402
 from difflid.utils.noise import position_noise  # noqa: E402
-from tests.conftest import REPO_ROOT, train_then_infer, write_pairs  # noqa: E402
+from tests.conftest import REPO_ROOT, guided_training_options, train_then_infer, write_pairs  # noqa: E402
 
 # stride 4: three blocks, two of which down-sample; attention in the middle block and one down block
 STRIDE4 = dict(sample_size=32, block_out_channels=(16, 24, 32), layers_per_block=1, norm_num_groups=8,
@@ -163,24 +163,10 @@ def test_train_and_infer_with_a_diffusers_prior(tmp_path):
     shutil.copytree(REPO_ROOT / 'tools', tmp_path / 'tools')
     gt, lq = write_pairs(tmp_path / 'data', 2, size=(40, 48))
     prior = {'type': 'DiffusersUNetExtractor', 'diffusers': str(tmp_path / 'unet'), 'timesteps': [0, 500]}
-    option = {
-        'name': 'diffusers_prior', 'model_type': 'DiffLI2DModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {
-            'name': 'toy', 'type': 'PairedImageDataset', 'dataroot_gt': str(gt), 'dataroot_lq': str(lq),
-            'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': False,
-            'use_rot': False, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
-            'prefetch_mode': None}},
-        'network_prior': prior,
-        # h at stride 4: three levels (2^(3-1) = 4 divides h_stride)
-        'network_g': {'type': 'DiffLI2D', 'num_feat': 8, 'width_mult': [1, 2, 4], 'num_enc_blocks': [1, 1],
-                      'num_heads': [1, 2, 2], 'h_channels': 32, 'h_stride': 4},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
-                                                                          'gamma': 0.5},
-                  'total_iter': 2, 'warmup_iter': -1, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False,
-                   'wandb': {'project': None, 'resume_id': None}},
-    }
+    # h at stride 4: three levels (2^(3-1) = 4 divides h_stride)
+    option = guided_training_options('diffusers_prior', gt, lq, prior, {
+        'type': 'DiffLI2D', 'num_feat': 8, 'width_mult': [1, 2, 4], 'num_enc_blocks': [1, 1], 'num_heads': [1, 2, 2],
+        'h_channels': 32, 'h_stride': 4})
     (tmp_path / 'train.yml').write_text(yaml.safe_dump(option))
     exp = tmp_path / 'experiments' / 'diffusers_prior'
     weights = exp / 'models' / 'net_g_2.pth'

@@ -16,7 +16,7 @@ from difflid.archs.adm_unet_arch import ADM_PRESETS, ADMUNet, adm_flags
 from difflid.archs.difflid_arch import ContentIntegration, DiffLI2D
 from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.archs.released_features_arch import ReleasedFeatureExtractor
-from tests.conftest import REPO_ROOT, nontrivial_weights, train_then_infer, write_pairs
+from tests.conftest import REPO_ROOT, guided_training_options, nontrivial_weights, train_then_infer, write_pairs
 
 guided_script_util = pytest.importorskip('guided_diffusion.script_util', reason='reference: pip install -e .[dev]')
 
@@ -281,23 +281,9 @@ def test_train_and_infer_with_each_feature_source(tmp_path, source):
     prior, h_channels = PRIORS[source]
     shutil.copytree(REPO_ROOT / 'tools', tmp_path / 'tools')
     gt, lq = write_pairs(tmp_path / 'data', 2, size=(40, 48))
-    option = {
-        'name': f'src_{source}', 'model_type': 'DiffLI2DModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {
-            'name': 'toy', 'type': 'PairedImageDataset', 'dataroot_gt': str(gt), 'dataroot_lq': str(lq),
-            'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': False,
-            'use_rot': False, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1, 'dataset_enlarge_ratio': 1,
-            'prefetch_mode': None}},
-        'network_prior': {**prior, 'unet': 'adm_tiny', 'checkpoint': None, 'random_weights': True,
-                          'timesteps': [0, 500]},
-        'network_g': {'type': 'DiffLI2D', 'num_feat': 8, 'num_heads': [1, 2, 2, 4], 'h_channels': h_channels},
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
-                                                                          'gamma': 0.5},
-                  'total_iter': 2, 'warmup_iter': -1, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False,
-                   'wandb': {'project': None, 'resume_id': None}},
-    }
+    prior_opt = {**prior, 'unet': 'adm_tiny', 'checkpoint': None, 'random_weights': True, 'timesteps': [0, 500]}
+    option = guided_training_options(f'src_{source}', gt, lq, prior_opt, {
+        'type': 'DiffLI2D', 'num_feat': 8, 'num_heads': [1, 2, 2, 4], 'h_channels': h_channels})
     (tmp_path / 'train.yml').write_text(yaml.safe_dump(option))
     exp = tmp_path / 'experiments' / f'src_{source}'
     weights = exp / 'models' / 'net_g_2.pth'

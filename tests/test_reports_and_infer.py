@@ -16,8 +16,8 @@ from basicsr.metrics import calculate_psnr
 from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
 from difflid.archs.dcp_arch import DCP, dehaze_dcp
 from difflid.archs.difflid_arch import DiffLI2D
+from difflid.data.bundled_photos import bundled_photo
 from difflid.data.haze_synthesis import random_smooth_depth, synthesize_haze
-from difflid.data.synthetic_haze_dataset import skimage_photo
 from difflid.inference import Restorer
 from difflid.losses import diffloss_loss
 from difflid.models.base_restoration import RestorationModel
@@ -33,7 +33,7 @@ def _psnr(a, b):
 
 
 def _hazy_photo(name='coffee', size=(192, 288)):
-    clear = cv2.resize(skimage_photo(name), size[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    clear = cv2.resize(bundled_photo(name), size[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     depth = random_smooth_depth(*size, np.random.default_rng(0))
     return clear, synthesize_haze(clear, 1.2, 0.9, depth)
 
@@ -313,7 +313,7 @@ def test_dcp_through_tools_test_writes_reports_and_sheets(tmp_path):
 @pytest.mark.slow
 def test_a_1600x1200_image_goes_through_on_cpu_with_tiles(tmp_path):
     _trained_like_checkpoint(tmp_path / 'net.pth')
-    big = cv2.resize(skimage_photo('astronaut'), (1600, 1200))
+    big = cv2.resize(bundled_photo('astronaut'), (1600, 1200))
     cv2.imwrite(str(tmp_path / 'big.png'), big)
     script = ('import resource, runpy, sys; sys.argv = sys.argv[1:]; '
               'code = 0\ntry: runpy.run_path(sys.argv[0], run_name="__main__")\n'

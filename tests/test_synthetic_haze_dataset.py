@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from basicsr.data import build_dataset
 
-from difflid.data.synthetic_haze_dataset import make_haze_pairs, skimage_photo
+from difflid.data.bundled_photos import bundled_photo
+from difflid.data.synthetic_haze_dataset import make_haze_pairs
 
 
 def _opt(root, **extra):
@@ -42,7 +43,7 @@ def test_bad_input_leaves_nothing_behind(tmp_path):
     with pytest.raises(ValueError, match="'gray'"):
         make_haze_pairs({'ok': np.zeros((8, 8, 3), np.uint8), 'gray': np.zeros((8, 8), np.uint8)}, tmp_path / 'out')
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(FileNotFoundError, match='no photo named'):
-        skimage_photo('unicorn')
+    with pytest.raises(FileNotFoundError, match='no bundled photo named'):
+        bundled_photo('unicorn')
     with pytest.raises(KeyError, match='images'):
         build_dataset(_opt(tmp_path / 'x', source='skimage'))

@@ -22,8 +22,12 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.utils.checkpoint_io import network_state, package_path
+from difflid.utils.diffusion import named_alphas_cumprod
 
-__all__ = ['DiffusersUNetExtractor', 'find_scheduler_config', 'resolve_unet_folder']
+__all__ = ['DiffusersUNetExtractor', 'find_scheduler_config', 'import_diffusers', 'load_diffusers_prior',
+           'load_trained_unet',
+           'resolve_unet_folder']
 
 logger = logging.getLogger('basicsr')
 
@@ -34,7 +38,7 @@ _WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model
 _SCHEDULER_FILE = 'scheduler_config.json'
 
 
-def _import_diffusers():
+def import_diffusers():
     try:
         import diffusers
     except ImportError as err:
@@ -42,18 +46,18 @@ def _import_diffusers():
     return diffusers
 
 
-def resolve_unet_folder(path: str | Path) -> Path:
+def resolve_unet_folder(path: str | Path, option: str = 'DiffusersUNetExtractor: network_prior.diffusers') -> Path:
     """The folder holding the UNet's ``config.json``: ``path`` itself, or ``path/unet`` of a pipeline folder.
     Raises FileNotFoundError naming the path when neither exists."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f'DiffusersUNetExtractor: network_prior.diffusers folder not found: {folder.resolve()} '
+        raise FileNotFoundError(f'{option} folder not found: {folder.resolve()} '
                                 '(a UNet2DModel saved with save_pretrained, or a pipeline folder with unet/)')
     for candidate in (folder, folder / 'unet'):
         if (candidate / 'config.json').is_file():
             return candidate
-    raise FileNotFoundError(f'DiffusersUNetExtractor: no config.json in {folder.resolve()} nor in its unet/ subfolder '
-                            '(network_prior.diffusers must be a UNet2DModel save_pretrained folder or a pipeline '
+    raise FileNotFoundError(f'{option}: no config.json in {folder.resolve()} nor in its unet/ subfolder '
+                            '(it must be a UNet2DModel save_pretrained folder or a pipeline '
                             'folder with unet/)')
 
 
@@ -69,7 +73,7 @@ def find_scheduler_config(unet_folder: Path) -> Path | None:
 def scheduler_alphas_cumprod(config_file: Path) -> torch.Tensor:
     """ᾱ_t of a diffusers scheduler config, computed by diffusers itself: the class the config names when it has
     ``alphas_cumprod`` (DDPM, DDIM, PNDM, ...), else DDPMScheduler with the same β fields."""
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers()
     config = json.loads(config_file.read_text())
     cls = getattr(diffusers, str(config.get('_class_name')), None)
     if cls is not None and hasattr(cls, 'from_config'):
@@ -80,6 +84,73 @@ def scheduler_alphas_cumprod(config_file: Path) -> torch.Tensor:
         if scheduler is not None and isinstance(getattr(scheduler, 'alphas_cumprod', None), torch.Tensor):
             return scheduler.alphas_cumprod.double()
     return diffusers.DDPMScheduler.from_config(config).alphas_cumprod.double()
+
+
+def load_trained_unet(unet: torch.nn.Module, path: str | Path) -> str | None:
+    """Load the weights of a trained ``DiffusersUNet2D`` checkpoint strictly into ``unet``; return the noise schedule
+    the checkpoint records (None for a bare state dict)."""
+    path = package_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'DiffusersUNetExtractor: network_prior.checkpoint not found: {path.resolve()} (a '
+                                'net_g_*.pth written by DiffusionPriorModel with network_g.type DiffusersUNet2D)')
+    state, record = network_state(torch.load(path, map_location='cpu', weights_only=True))
+    if state is None:
+        raise ValueError(f'DiffusersUNetExtractor: {path} is not a checkpoint of tensors')
+    state = {k.removeprefix('module.').removeprefix('unet.'): v for k, v in state.items()}
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f'DiffusersUNetExtractor: checkpoint {path} does not fit network_prior.config (use the '
+                         f'training\'s network_g.config): {err}') from err
+    return record.get('noise_schedule')
+
+
+def load_diffusers_prior(diffusers: str | None, config: dict | None, checkpoint: str | None, random_weights: bool,
+                         init_seed: int, noise_schedule: str = 'linear', num_diffusion_steps: int = 1000,
+                         beta_start: float = 1e-4, beta_end: float = 0.02) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The whole ``UNet2DModel`` of a diffusers prior and its ᾱ_t (float64, (T,)), from the options of
+    ``DiffusersUNetExtractor`` (see there); the extractor keeps its encoder, ``tools/sample_prior.py`` all of it.
+
+    ᾱ_t comes from the folder's scheduler config when there is one, else from ``noise_schedule``.
+    """
+    if diffusers is None and not ((random_weights or checkpoint) and config is not None):
+        raise ValueError('DiffusersUNetExtractor: no network_prior.diffusers folder given (a UNet2DModel '
+                         'save_pretrained folder or a pipeline folder with unet/), nor a trained checkpoint with '
+                         'its config (network_prior.checkpoint and network_prior.config, the training\'s '
+                         'network_g.config). (For tests and demos only, `random_weights: true` with a `config:` '
+                         'dict of UNet2DModel arguments builds a random prior.)')
+    library = import_diffusers()
+    folder = None if diffusers is None else resolve_unet_folder(diffusers)
+    scheduler_file = None if folder is None else find_scheduler_config(folder)
+    if scheduler_file is None:
+        alphas_cumprod = named_alphas_cumprod(noise_schedule, num_diffusion_steps, beta_start, beta_end)
+        logger.info(f'DiffusersUNetExtractor: no {_SCHEDULER_FILE} found with {diffusers or checkpoint}; using '
+                    f'the {noise_schedule} β schedule (network_prior.noise_schedule, T={num_diffusion_steps})')
+    else:
+        alphas_cumprod = scheduler_alphas_cumprod(scheduler_file)
+        logger.info(f'DiffusersUNetExtractor: ᾱ_t from {scheduler_file} (T={len(alphas_cumprod)})')
+    if random_weights or checkpoint is not None:
+        kwargs = dict(config) if config is not None else library.UNet2DModel.load_config(folder,
+                                                                                      local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            unet = library.UNet2DModel.from_config(kwargs)
+        if random_weights:
+            logger.warning('DiffusersUNetExtractor: the diffusion prior has RANDOM weights (random_weights: '
+                           'true); fine for tests and demos only.')
+        else:
+            trained = load_trained_unet(unet, checkpoint)
+            if trained is not None and scheduler_file is None and trained != noise_schedule:
+                raise ValueError(f'DiffusersUNetExtractor: checkpoint {checkpoint} was trained with the {trained} '
+                                 f'noise schedule; set network_prior.noise_schedule: {trained}')
+            logger.info(f'DiffusersUNetExtractor: loaded trained UNet2DModel weights from {checkpoint}')
+    else:
+        if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+            raise FileNotFoundError(f'DiffusersUNetExtractor: no weights in {folder.resolve()} (expected one of '
+                                    f'{", ".join(_WEIGHT_FILES[:2])}, as save_pretrained writes)')
+        unet = library.UNet2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+        logger.info(f'DiffusersUNetExtractor: loaded UNet2DModel from {folder}')
+    return unet, alphas_cumprod
 
 
 @ARCH_REGISTRY.register()
@@ -99,8 +170,13 @@ class DiffusersUNetExtractor(GuidanceExtractor):
         random_weights: Random weights instead of the folder's (tests and demos only; also the random control of
             ``control_options``): the architecture comes from ``config`` or else from the folder's config.json.
         init_seed: Seed of the random weights.
-        config: ``UNet2DModel`` keyword arguments for ``random_weights`` without a folder (or instead of its
-            config.json).
+        config: ``UNet2DModel`` keyword arguments for ``random_weights`` or ``checkpoint`` without a folder (or
+            instead of its config.json).
+        checkpoint: Weights of a ``DiffusersUNet2D`` trained with ``DiffusionPriorModel`` (its ``net_g_*.pth``; EMA
+            weights when present), loaded strictly into the architecture of ``config`` (the same dict as the
+            training's ``network_g.config``) or of the folder.
+        noise_schedule: 'linear' or 'cosine': the schedule when no scheduler config is found (a trained checkpoint
+            records its own, which must agree).
     """
 
     def __init__(
@@ -115,39 +191,15 @@ class DiffusersUNetExtractor(GuidanceExtractor):
         random_weights: bool = False,
         init_seed: int = 0,
         config: dict | None = None,
+        checkpoint: str | None = None,
+        noise_schedule: str = 'linear',
     ) -> None:
-        if diffusers is None and not (random_weights and config is not None):
-            raise ValueError('DiffusersUNetExtractor: no network_prior.diffusers folder given (a UNet2DModel '
-                             'save_pretrained folder or a pipeline folder with unet/). (For tests and demos only, '
-                             '`random_weights: true` with a `config:` dict of UNet2DModel arguments builds a random '
-                             'prior.)')
-        # the schedule first: timesteps are checked against the scheduler's T, not the linear default's
         super().__init__([0], num_diffusion_steps, beta_start, beta_end, seed, dtype)
-        library = _import_diffusers()
-        folder = None if diffusers is None else resolve_unet_folder(diffusers)
-        scheduler_file = None if folder is None else find_scheduler_config(folder)
-        if scheduler_file is None:
-            logger.info(f'DiffusersUNetExtractor: no {_SCHEDULER_FILE} found with {diffusers}; using the linear β '
-                        f'schedule (T={num_diffusion_steps}, β from {beta_start} to {beta_end})')
-        else:
-            self.set_schedule(scheduler_alphas_cumprod(scheduler_file))
-            logger.info(f'DiffusersUNetExtractor: ᾱ_t from {scheduler_file} (T={self.num_diffusion_steps})')
+        unet, alphas_cumprod = load_diffusers_prior(diffusers, config, checkpoint, random_weights, init_seed,
+                                                    noise_schedule, num_diffusion_steps, beta_start, beta_end)
+        # the schedule first: timesteps are checked against the scheduler's T, not the linear default's
+        self.set_schedule(alphas_cumprod)
         self.timesteps = self.check_timesteps(timesteps)
-
-        if random_weights:
-            kwargs = dict(config) if config is not None else library.UNet2DModel.load_config(folder,
-                                                                                          local_files_only=True)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                unet = library.UNet2DModel.from_config(kwargs)
-            logger.warning('DiffusersUNetExtractor: the diffusion prior has RANDOM weights (random_weights: true); '
-                           'fine for tests and demos only.')
-        else:
-            if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-                raise FileNotFoundError(f'DiffusersUNetExtractor: no weights in {folder.resolve()} (expected one of '
-                                        f'{", ".join(_WEIGHT_FILES[:2])}, as save_pretrained writes)')
-            unet = library.UNet2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
-            logger.info(f'DiffusersUNetExtractor: loaded UNet2DModel from {folder}')
         self._check_supported(unet, diffusers)
         # the decoder is never run: drop it (h is the middle block's output)
         unet.up_blocks = torch.nn.ModuleList()

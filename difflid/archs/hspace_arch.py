@@ -26,6 +26,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags, adm_noise_schedule
 from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.utils.checkpoint_io import network_state, package_path
 from difflid.utils.diffusion import named_alphas_cumprod
 from difflid.utils.padding import pad_to_multiple
 
@@ -86,22 +87,32 @@ def _listing(keys: Sequence[str]) -> str:
     return f'{shown}, ... ({len(keys)} in all)' if len(keys) > _MAX_LISTED else shown
 
 
-def load_adm_checkpoint(unet: ADMUNet, path: str | Path) -> None:
-    """Load a guided-diffusion state dict file into ``unet`` strictly, with errors that name the file.
+def load_adm_checkpoint(unet: ADMUNet, path: str | Path, noise_schedule: str | None = None) -> None:
+    """Load an ADM checkpoint file into ``unet`` strictly, with errors that name the file.
 
-    An encoder-only ``unet`` ignores the decoder keys and checks all others (see ``ADMUNet.load_state_dict``).
+    The file is a guided-diffusion state dict, or a checkpoint of a prior trained with ``DiffusionPriorModel``
+    (its EMA weights when it has them; its recorded noise schedule must equal ``noise_schedule``, the one the
+    features are computed with). A relative path missing from the working directory is also looked for among the
+    files shipped with difflid (``package_path``). An encoder-only ``unet`` ignores the decoder keys and checks all
+    others (see ``ADMUNet.load_state_dict``).
     Raises FileNotFoundError (what to download and where) or ValueError (first mismatching keys/shapes).
     """
-    path = Path(path).expanduser()
+    path = package_path(path)
     if not path.is_file():
         raise FileNotFoundError(f'diffusion prior checkpoint not found: {path.resolve()}. {ADM_CHECKPOINT_HELP}')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # unpickling errors have many types; all mean "not a plain state dict"
         raise ValueError(f'cannot read {path} as a PyTorch state dict ({type(err).__name__}: {err}). '
                          f'{ADM_CHECKPOINT_HELP}') from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f'{path} is not a state dict of tensors (got {type(state).__name__}). {ADM_CHECKPOINT_HELP}')
+    state, record = network_state(loaded)
+    if state is None:
+        raise ValueError(f'{path} is not a state dict of tensors (got {type(loaded).__name__}). {ADM_CHECKPOINT_HELP}')
+    trained = record.get('noise_schedule')
+    if noise_schedule is not None and trained is not None and trained != noise_schedule:
+        raise ValueError(f'checkpoint {path} was trained with the {trained} noise schedule, but the prior is '
+                         f'configured with the {noise_schedule} one; add noise_schedule: {trained} to the UNet flags '
+                         f'(unet: {{preset: ..., noise_schedule: {trained}}})')
     state = {k.removeprefix('module.'): v for k, v in state.items()}
     if unet.encoder_only:
         state = {k: v for k, v in state.items() if not k.startswith(DECODER_PREFIXES)}
@@ -144,7 +155,7 @@ def build_adm_unet(owner: str, unet: str | dict, checkpoint: str | None, random_
         logger.warning(f'{owner}: the diffusion prior has RANDOM weights (random_weights: true); '
                        'its features carry no ImageNet knowledge, fine for tests and demos only.')
     else:
-        load_adm_checkpoint(net, checkpoint)
+        load_adm_checkpoint(net, checkpoint, net.noise_schedule)
         logger.info(f'{owner}: loaded diffusion prior from {checkpoint}')
     return net
 

@@ -1,10 +1,10 @@
 """SyntheticHazeDataset: hazy/clear pairs synthesised on first use from clear images, then read like
 basicsr's PairedImageDataset (crop, flip, rotation, folder or LMDB are all basicsr's).
 
-The default source is the photos that scikit-image ships, so the quickstart needs no download. Each
-clear image gives ``hazy_per_image`` hazy versions (random smooth depth, β and airlight per version);
-the clear image is written once per hazy version under the same name, so the two folders pair
-one-to-one as basicsr expects.
+The default source is the photos that installed packages ship (``difflid.data.bundled_photos``), so the
+quickstart needs no download. Each clear image gives ``hazy_per_image`` hazy versions (random smooth depth,
+β and airlight per version); the clear image is written once per hazy version under the same name, so the
+two folders pair one-to-one as basicsr expects.
 """
 import os
 import shutil
@@ -16,23 +16,10 @@ import numpy as np
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.registry import DATASET_REGISTRY
 
+from difflid.data.bundled_photos import read_clear_images
 from difflid.data.haze_synthesis import random_smooth_depth, synthesize_haze
 
-__all__ = ['SyntheticHazeDataset', 'make_haze_pairs', 'skimage_photo']
-
-
-def skimage_photo(name: str) -> np.ndarray:
-    """One of scikit-image's bundled photos (e.g. 'astronaut', 'coffee') as (H, W, 3) uint8 BGR."""
-    import skimage.data
-
-    path = Path(skimage.data.__file__).parent / f'{name}.png'
-    if not path.is_file():
-        path = path.with_suffix('.jpg')
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        stem = path.with_suffix('')
-        raise FileNotFoundError(f'scikit-image ships no photo named {name!r} (looked for {stem}.png and .jpg)')
-    return img
+__all__ = ['SyntheticHazeDataset', 'make_haze_pairs']
 
 
 def make_haze_pairs(
@@ -92,40 +79,18 @@ class SyntheticHazeDataset(PairedImageDataset):
 
     Options (besides PairedImageDataset's crop/flip/io_backend keys):
         dataroot: Folder of the pairs (``gt/``, ``lq/`` inside).
-        source: 'skimage' (scikit-image's bundled photos) or a folder of clear images.
-        images: Names (skimage photo names, or file stems in ``source``); all images of the folder if omitted.
+        source: 'bundled' (photos that scikit-image, scikit-learn and matplotlib ship; 'skimage' is the same)
+            or a folder of clear images.
+        images: Names (bundled photo names, or file stems in ``source``); all images of the folder if omitted.
         hazy_per_image, beta_range, airlight_range, max_side, seed: see ``make_haze_pairs``.
     """
 
     def __init__(self, opt: dict) -> None:
         root = Path(opt['dataroot'])
         if not root.is_dir():
-            make_haze_pairs(self._clear_images(opt), root, opt.get('hazy_per_image', 4),
+            clear = read_clear_images(opt.get('source', 'bundled'), opt.get('images'), opt['name'])
+            make_haze_pairs(clear, root, opt.get('hazy_per_image', 4),
                             tuple(opt.get('beta_range', (0.6, 1.8))), tuple(opt.get('airlight_range', (0.7, 1.0))),
                             opt.get('max_side'), opt.get('seed', 0))
         super().__init__({'filename_tmpl': '{}', **opt, 'dataroot_gt': str(root / 'gt'),
                           'dataroot_lq': str(root / 'lq')})
-
-    @staticmethod
-    def _clear_images(opt: dict) -> dict[str, np.ndarray]:
-        source = opt.get('source', 'skimage')
-        names = opt.get('images')
-        if source == 'skimage':
-            if not names:
-                raise KeyError(f"dataset {opt['name']}: source 'skimage' needs an 'images' list, "
-                               'e.g. [astronaut, coffee]')
-            return {n: skimage_photo(n) for n in names}
-        folder = Path(source)
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {'.png', '.jpg', '.jpeg', '.bmp', '.tif'}) \
-            if folder.is_dir() else []
-        if names:
-            files = [p for p in files if p.stem in set(names)]
-        if not files:
-            raise FileNotFoundError(f"dataset {opt['name']}: no clear images in source {folder.resolve()}")
-        images = {}
-        for p in files:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
-                raise ValueError(f"dataset {opt['name']}: cannot read clear image {p}")
-            images[p.stem] = img
-        return images

@@ -92,7 +92,7 @@ class DiffLoss(nn.Module):
                 torch.manual_seed(init_seed)
                 shared_unet = ADMUNet(**adm_flags(unet), encoder_only=eps_weight == 0)
             if checkpoint is not None:
-                load_adm_checkpoint(shared_unet, checkpoint)
+                load_adm_checkpoint(shared_unet, checkpoint, schedule)
         else:
             schedule = getattr(shared_unet, 'noise_schedule', 'linear')
             if class_label is None:

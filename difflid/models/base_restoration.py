@@ -147,9 +147,13 @@ class RestorationModel(SRModel):
             for n, key in zip(nets, keys, strict=True)
         }
         if net_label == 'net_g':  # lets tools/infer.py rebuild the network from the checkpoint alone
-            save_dict['config'] = {k: absolute_paths(self.opt[k], os.getcwd()) for k in ('network_g', 'network_prior')
-                                   if k in self.opt}  # relative paths were read from the working directory
+            save_dict['config'] = self.checkpoint_config()
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    def checkpoint_config(self) -> dict:
+        """What a net_g checkpoint records beside its weights: the network options, with relative paths (the prior's
+        checkpoint) made absolute against the working directory basicsr read them from."""
+        return {k: absolute_paths(self.opt[k], os.getcwd()) for k in ('network_g', 'network_prior') if k in self.opt}
 
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:

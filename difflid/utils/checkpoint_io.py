@@ -7,7 +7,7 @@ from typing import IO
 
 import torch
 
-__all__ = ['atomic_open', 'atomic_torch_save']
+__all__ = ['atomic_open', 'atomic_torch_save', 'network_state', 'package_path']
 
 
 @contextmanager
@@ -33,3 +33,33 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
     """``torch.save`` through ``atomic_open``."""
     with atomic_open(path) as f:
         torch.save(obj, f)
+
+
+def network_state(loaded: object) -> tuple[dict | None, dict]:
+    """(state dict, record) of what ``torch.load`` read from a network checkpoint file.
+
+    A plain state dict (guided-diffusion's files) has an empty record. A difflid/basicsr checkpoint
+    ``{'params': ..., 'params_ema': ..., 'config': ...}`` gives its EMA weights when it has them (the weights a
+    trained diffusion prior is meant to be used with), else ``params``, and its ``config`` record (the options it
+    was trained with). Anything else gives (None, {}): not a checkpoint of tensors.
+    """
+    if not isinstance(loaded, dict):
+        return None, {}
+    if all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return loaded, {}
+    state = loaded.get('params_ema', loaded.get('params'))
+    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+        config = loaded.get('config')
+        return state, config if isinstance(config, dict) else {}
+    return None, {}
+
+
+def package_path(path: str | Path) -> Path:
+    """``path`` itself, or, when it is relative and missing there, the same path under the folder that holds the
+    difflid package (the repository, or site-packages), so that files shipped with difflid such as
+    ``difflid/weights/adm_tiny_bundled.pth`` are found from any working directory."""
+    path = Path(path).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    shipped = Path(__file__).resolve().parents[2] / path
+    return shipped if shipped.exists() else path

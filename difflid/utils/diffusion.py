@@ -1,12 +1,16 @@
 """The forward (noising) process of a DDPM, with guided-diffusion's two β schedules: linear (Ho et al.) and
-cosine (Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021).
+cosine (Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021), and the DDIM sampler
+(Song et al., ICLR 2021) that draws images from a trained ε-prediction network.
 
 Images enter the diffusion model in [-1, 1]; ``to_diffusion_range`` is the one place where difflid's
 [0, 1] images are converted.
 """
+from collections.abc import Callable
+
 import torch
 
-__all__ = ['cosine_alphas_cumprod', 'linear_alphas_cumprod', 'named_alphas_cumprod', 'q_sample', 'to_diffusion_range']
+__all__ = ['cosine_alphas_cumprod', 'ddim_sample', 'ddim_step', 'ddim_timesteps', 'linear_alphas_cumprod',
+           'named_alphas_cumprod', 'q_sample', 'to_diffusion_range']
 
 
 def linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -52,3 +56,52 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cump
 def to_diffusion_range(img: torch.Tensor) -> torch.Tensor:
     """[0, 1] images (difflid's data range) -> [-1, 1] (the diffusion model's range)."""
     return img * 2 - 1
+
+
+def ddim_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
+    """The S timesteps a DDIM sampler visits, descending: every T // S-th step from 0 (diffusers' 'leading' spacing),
+    e.g. T=1000, S=50 -> 980, 960, ..., 20, 0."""
+    if not 0 < num_steps <= num_train_steps:
+        raise ValueError(f'DDIM steps must be in [1, {num_train_steps}], got {num_steps}')
+    stride = num_train_steps // num_steps
+    return [i * stride for i in range(num_steps)][::-1]
+
+
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_t: float, alpha_prev: float, eta: float = 0.0,
+              noise: torch.Tensor | None = None, clip: bool = True) -> torch.Tensor:
+    """One DDIM update x_t -> x_prev (Song et al., "Denoising Diffusion Implicit Models", ICLR 2021, Eq. 12).
+
+    x̂_0 = (x_t - sqrt(1-ᾱ_t)·ε̂) / sqrt(ᾱ_t), clipped to [-1, 1] with ``clip``;
+    σ = η·sqrt((1-ᾱ_prev)/(1-ᾱ_t))·sqrt(1-ᾱ_t/ᾱ_prev);
+    x_prev = sqrt(ᾱ_prev)·x̂_0 + sqrt(1-ᾱ_prev-σ²)·ε̂ + σ·z. With clipping, ε̂ is first made consistent with the
+    clipped x̂_0, as in DDIM's reference implementation.
+    """
+    x0 = (x_t - (1 - alpha_t) ** 0.5 * eps) / alpha_t ** 0.5
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        eps = (x_t - alpha_t ** 0.5 * x0) / (1 - alpha_t) ** 0.5
+    sigma = eta * ((1 - alpha_prev) / (1 - alpha_t)) ** 0.5 * (1 - alpha_t / alpha_prev) ** 0.5
+    x_prev = alpha_prev ** 0.5 * x0 + max(1 - alpha_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * (torch.randn_like(x_t) if noise is None else noise)
+    return x_prev
+
+
+@torch.no_grad()
+def ddim_sample(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+                alphas_cumprod: torch.Tensor, num_steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None, device: torch.device | str = 'cpu') -> torch.Tensor:
+    """Samples in [-1, 1] of shape ``shape`` = (B, C, H, W) from an ε-prediction network ``eps_fn(x_t, t)``.
+
+    Starts from x_T ~ N(0, I) (drawn from ``generator`` on the CPU, so a seed gives the same samples on any
+    device) and takes ``num_steps`` DDIM steps (``ddim_timesteps``); the last step goes to ᾱ = 1 (x̂_0 itself).
+    """
+    alphas = alphas_cumprod.double().cpu()
+    x = torch.randn(shape, generator=generator).to(device)
+    steps = ddim_timesteps(len(alphas), num_steps)
+    for i, t in enumerate(steps):
+        alpha_prev = float(alphas[steps[i + 1]]) if i + 1 < len(steps) else 1.0
+        eps = eps_fn(x, torch.full((shape[0],), t, device=device, dtype=torch.long)).float()
+        noise = torch.randn(shape, generator=generator).to(device) if eta > 0 else None
+        x = ddim_step(x, eps, float(alphas[t]), alpha_prev, eta, noise)
+    return x.clamp(-1, 1)
