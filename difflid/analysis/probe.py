@@ -57,7 +57,7 @@ from tqdm import tqdm
 from difflid.archs.guidance_base import GuidanceExtractor, control_options
 from difflid.metrics.float_metrics import calculate_psnr_float, calculate_ssim_float, float_image
 from difflid.models.base_restoration import check_arch_options
-from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
+from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save, weights_stamp
 from difflid.utils.options import resolve_option_file
 
 __all__ = ['METRICS', 'PROBE_DEFAULTS', 'SOURCES', 'FeatureDecoder', 'PixelSpace', 'ProbeData', 'ProbeOptionError',
@@ -353,18 +353,9 @@ def extract_features(extractor: GuidanceExtractor, images: torch.Tensor, t: int,
     return torch.cat(out)
 
 
-def _weights_stamp(opt: dict) -> dict | None:
-    """Size and modification time of the source's checkpoint file, so replacing the weights invalidates the cache."""
-    path = opt.get('checkpoint')
-    if not isinstance(path, str) or not Path(path).expanduser().is_file():
-        return None
-    stat = Path(path).expanduser().stat()
-    return {'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
-
-
 def cache_key(source_opt: dict, t: int, data_digest: str, noise: str) -> str:
     """sha256 of everything the features depend on: the source's options and weights file, the pixels, t, noise."""
-    payload = {'version': _CACHE_VERSION, 'source': source_opt, 'weights': _weights_stamp(source_opt), 't': t,
+    payload = {'version': _CACHE_VERSION, 'source': source_opt, 'weights': weights_stamp(source_opt), 't': t,
                'data': data_digest, 'noise': noise}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

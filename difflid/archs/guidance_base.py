@@ -12,13 +12,15 @@ tap": it implements ``_features(x_t, t)`` and the two properties ``feature_chann
 - the noise: seeded and indexed by absolute pixel position (``difflid.utils.noise``), so features are
   reproducible in any batch position and a tile is noised as its window of the whole image; or fresh;
 - freezing: no gradients, always in eval mode, never trained or saved with ``net_g``;
-- precision: autocast to ``dtype`` ('fp32' leaves an enclosing autocast in force).
+- precision: autocast to ``dtype`` ('fp32' leaves an enclosing autocast in force; 'auto' is bf16 on CUDA, fp32 on
+  the CPU, and yields to an enclosing autocast: ``difflid.utils.precision``);
+- the fast GPU paths a member opts into: channels_last weights and inputs, and ``torch.compile`` of ``_features``.
 
 ``forward(img)`` returns ``{t: features}`` for the configured timesteps (or any given ones: the probe);
 ``guidance(img)`` returns the pair (f_cim, f_hae) that ``DiffLI2D(x, f_cim, f_hae)`` takes. Each map is
 (B, feature_channels, ceil(H/s), ceil(W/s)) float32 with s = ``downsample_factor``.
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from torch import nn
 from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
 from difflid.utils.noise import position_noise
 from difflid.utils.padding import pad_to_multiple
-from difflid.utils.precision import DTYPES, autocast
+from difflid.utils.precision import PRECISIONS, component_autocast, resolve_channels_last, resolve_dtype
 
 __all__ = ['GuidanceExtractor', 'Origin', 'control_options']
 
@@ -44,7 +46,14 @@ class GuidanceExtractor(nn.Module):
         beta_start: β_1 of the linear schedule (for T=1000).
         beta_end: β_T of the linear schedule (for T=1000).
         seed: Seed of the fixed noise, a function of (seed, t, channel, y, x) in absolute coordinates.
-        dtype: 'fp32', 'bf16' or 'fp16': autocast for the network.
+        dtype: 'auto' (bf16 autocast when the input is on a CUDA GPU, fp32 on the CPU; an enclosing autocast is
+            left in force), 'fp32', 'bf16' or 'fp16': autocast for the network.
+        channels_last: Convert the network's 4-D weights and the noised input to channels_last before the
+            network runs. None: on CUDA only. Off by default here, because a member's network must be known
+            to accept channels_last tensors (a ``.view`` on them fails); members known to do so opt in
+            (``HSpaceExtractor``).
+        compile: ``torch.compile`` the member's ``_features`` at the first call (compiling takes tens of seconds;
+            a new input size may compile again).
     """
 
     def __init__(
@@ -54,18 +63,34 @@ class GuidanceExtractor(nn.Module):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         seed: int = 0,
-        dtype: str = 'fp32',
+        dtype: str = 'auto',
+        channels_last: bool | None = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         self.num_diffusion_steps = num_diffusion_steps
         self.timesteps = self.check_timesteps(timesteps)
-        if dtype not in DTYPES:
-            raise ValueError(f'{name}: dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+        if dtype not in PRECISIONS:
+            raise ValueError(f'{name}: dtype must be one of {list(PRECISIONS)}, got {dtype!r}')
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise ValueError(f'{name}: channels_last must be true, false or ~ (on CUDA only), got {channels_last!r}')
+        if not isinstance(compile, bool):
+            raise ValueError(f'{name}: compile must be true or false, got {compile!r}')
         self.seed = seed
-        self.dtype = DTYPES[dtype]
+        self.precision = dtype
+        self.channels_last = channels_last
+        self.compile_features = compile
+        self._compiled_features = None
+        self._weights_format = torch.contiguous_format
         self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps, beta_start, beta_end),
                              persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision the network computes in where the extractor now is (its ``dtype`` option resolved for
+        the device of its buffers; an enclosing autocast can still override 'auto' and 'fp32')."""
+        return resolve_dtype(self.precision, self.alphas_cumprod.device)
 
     def set_schedule(self, alphas_cumprod: torch.Tensor) -> None:
         """Replace the linear schedule by the network's own ᾱ_t (T values; e.g. a cosine preset or a diffusers
@@ -157,9 +182,27 @@ class GuidanceExtractor(nn.Module):
         eps = self.noise(tuple(x0.shape[1:]), b, x0.device, fresh_noise, origin, unique)
         t = torch.tensor(unique, device=x0.device).repeat_interleave(b)
         x_t = q_sample(x0.repeat(len(unique), 1, 1, 1), t, eps.flatten(0, 1), self.alphas_cumprod)
-        with autocast(x_t.device.type, self.dtype):
-            feats = self._features(x_t, t)
-        return dict(zip(unique, feats.float().split(b), strict=True))
+        x_t = x_t.contiguous(memory_format=self._memory_format(x_t.device))
+        with component_autocast(self.precision, x_t.device):
+            feats = self._feature_function()(x_t, t)
+        return dict(zip(unique, feats.float().contiguous().split(b), strict=True))
+
+    def _memory_format(self, device: torch.device) -> torch.memory_format:
+        """The layout the network runs in on ``device``; converts the weights once when it changes."""
+        wanted = torch.channels_last if resolve_channels_last(self.channels_last, device) else torch.contiguous_format
+        if wanted != self._weights_format:
+            self.to(memory_format=wanted)  # 4-D weights only; 1-D/3-D tensors (attention's Conv1d) are unchanged
+            self._weights_format = wanted
+        return wanted
+
+    def _feature_function(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``_features``, or its compiled version with ``compile``. The class's function is compiled, not the bound
+        method, so that a deep copy of the extractor does not call the original's network."""
+        if not self.compile_features:
+            return self._features
+        if self._compiled_features is None:
+            self._compiled_features = torch.compile(type(self)._features)
+        return lambda x_t, t: self._compiled_features(self, x_t, t)
 
     def guidance(self, img: torch.Tensor, fresh_noise: bool = False,
                  origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:

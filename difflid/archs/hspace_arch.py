@@ -237,8 +237,9 @@ class HSpaceExtractor(GuidanceExtractor):
             coordinates (``difflid.utils.noise``), so the same image gives the same features on every call,
             in any batch position, on any device, and a tile or crop is noised exactly as the same window
             of the whole image.
-        dtype: 'fp32', or 'bf16'/'fp16' autocast for the UNet (GroupNorm stays fp32). 'fp32'
-            leaves an enclosing autocast (e.g. ``tools/infer.py --dtype bf16``) in force.
+        dtype: 'auto' (default: bf16 autocast when the input is on a CUDA GPU, fp32 on the CPU), 'fp32', or
+            'bf16'/'fp16' autocast for the UNet (GroupNorm stays fp32). 'fp32' and 'auto' leave an enclosing
+            autocast (e.g. ``tools/infer.py --dtype bf16``) in force.
         encoder_only: Build only the encoder and middle block. Default (None): exactly when the tap is not
             in the decoder; true with a decoder tap is an error; false builds the decoder anyway (DiffLoss's
             ε term on the shared UNet).
@@ -249,6 +250,10 @@ class HSpaceExtractor(GuidanceExtractor):
             timestep embedding in every ResBlock, so the features (h-space included) depend on it. Default:
             ``DEFAULT_CLASS_LABEL`` (979, "valley": a fixed landscape class, for hazy outdoor scenes). An error
             for an unconditional UNet.
+        channels_last: Run the UNet in channels_last layout (its 4-D weights and the input). Default (None): on
+            CUDA, where cuDNN's tensor-core convolutions want it, not on the CPU.
+        compile: ``torch.compile`` the UNet's feature function at the first call (compile time: tens of seconds
+            on a GPU, see ``tools/benchmark.py --compile``).
     """
 
     def __init__(
@@ -260,14 +265,16 @@ class HSpaceExtractor(GuidanceExtractor):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         seed: int = 0,
-        dtype: str = 'fp32',
+        dtype: str = 'auto',
         encoder_only: bool | None = None,
         random_weights: bool = False,
         init_seed: int = 0,
         tap: str = 'middle',
         class_label: int | None = None,
+        channels_last: bool | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype)
+        super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype, channels_last, compile)
         use_adm_schedule(self, unet)
         self.class_label = resolve_class_label('HSpaceExtractor', unet, class_label)
         with torch.device('meta'):  # the block layout without weights: a wrong tap fails at once

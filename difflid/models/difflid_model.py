@@ -13,8 +13,16 @@ Options beyond basicsr's:
         give identical outputs.
     val.tile / val.tile_overlap: restore images in overlapping tiles of this size (a multiple of 32;
         0 = whole image, the default), blended without seams.
+    val.cache_prior: compute the prior's features of each validation image (or tile) once per run and reuse them
+        at every later validation (default true in training, false at test time, where each image is seen once;
+        the seeded noise makes them identical each time).
+    val.prior_cache_mb: memory budget of that cache in MiB (default 2048); entries beyond it go to
+        ``<experiments_root>/prior_cache`` (training) or ``<results_root>/prior_cache`` (test).
     train.diff_opt: a DiffLoss block; when it names the prior's weights it uses the prior's UNet.
 """
+import math
+from pathlib import Path
+
 import torch
 from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
@@ -26,6 +34,7 @@ from difflid.archs.guidance_base import GuidanceExtractor
 from difflid.inference import restore
 from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.base_restoration import RestorationModel, check_arch_options
+from difflid.utils.prior_cache import CachedGuidance, prior_cache_key
 from difflid.utils.tiling import check_tiling
 
 __all__ = ['DiffLI2DModel']
@@ -43,6 +52,7 @@ class DiffLI2DModel(RestorationModel):
         val_opt = opt.get('val') or {}
         self.tile, self.tile_overlap = int(val_opt.get('tile', 0) or 0), int(val_opt.get('tile_overlap', 32))
         check_tiling(self.tile, self.tile_overlap, 32, ('val.tile', 'val.tile_overlap'))
+        self.cache_prior, self.prior_cache_mb = _prior_cache_options(val_opt, default=bool(opt['is_train']))
         self.fresh_prior_noise = bool((opt.get('train') or {}).get('fresh_prior_noise', True))
         # built before SRModel's set-up, so that a DiffLoss can share its UNet
         self.opt = opt
@@ -55,6 +65,9 @@ class DiffLI2DModel(RestorationModel):
         if not isinstance(self.prior, GuidanceExtractor):
             raise KeyError(f"network_prior.type must be a feature source (a GuidanceExtractor such as "
                            f"HSpaceExtractor), got {opt['network_prior']['type']!r}")
+        # stamped now, when the weights are loaded; the cache itself is built at the first validation
+        self._prior_cache_key = prior_cache_key(prior_opt, device, self.prior.dtype) if self.cache_prior else None
+        self.prior_cache: CachedGuidance | None = None
         super().__init__(opt)
         bare = self.get_bare_model(self.net_g)
         for key, expected in (('h_channels', self.prior.feature_channels), ('h_stride', self.prior.downsample_factor)):
@@ -66,9 +79,24 @@ class DiffLI2DModel(RestorationModel):
                                f'{self.prior.feature_channels} channels at stride {self.prior.downsample_factor} '
                                '(not trained, not saved with net_g)')
 
-    def restore(self, net: nn.Module, lq: torch.Tensor, fresh_noise: bool, tile: int = 0) -> torch.Tensor:
-        """net(lq, f_cim, f_hae) for (B, 3, H, W) lq in [0, 1] of any size (see ``difflid.inference.restore``)."""
-        return restore(net, lq, self.prior, fresh_noise, tile, self.tile_overlap)
+    def restore(self, net: nn.Module, lq: torch.Tensor, fresh_noise: bool, tile: int = 0,
+                prior: GuidanceExtractor | CachedGuidance | None = None) -> torch.Tensor:
+        """net(lq, f_cim, f_hae) for (B, 3, H, W) lq in [0, 1] of any size (see ``difflid.inference.restore``),
+        guided by ``prior`` (default: the frozen prior itself)."""
+        return restore(net, lq, self.prior if prior is None else prior, fresh_noise, tile, self.tile_overlap)
+
+    def validation_prior(self) -> GuidanceExtractor | CachedGuidance:
+        """The prior that ``test`` uses: the cached one (built at the first call) unless ``val.cache_prior`` is off."""
+        if not self.cache_prior:
+            return self.prior
+        if self.prior_cache is None:
+            root = self.opt['path'].get('experiments_root' if self.opt['is_train'] else 'results_root')
+            disk_dir = Path(root) / 'prior_cache' if root else None
+            self.prior_cache = CachedGuidance(self.prior, self._prior_cache_key, self.prior_cache_mb, disk_dir)
+            beyond = f'then files in {disk_dir}' if disk_dir else 'the rest recomputed'
+            get_root_logger().info(f'Validation caches the prior\'s features: {self.prior_cache_mb:g} MiB in memory, '
+                                   f'{beyond} (val.cache_prior: false turns this off)')
+        return self.prior_cache
 
     def restore_train(self) -> torch.Tensor:
         return self.restore(self.net_g, self.lq, fresh_noise=self.fresh_prior_noise)
@@ -92,11 +120,32 @@ class DiffLI2DModel(RestorationModel):
                                                                     ('init_seed', 0))]
         return all(same)
 
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> None:
+        """RestorationModel's, then the prior cache's counts in the log (the first validation fills it)."""
+        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        if self.prior_cache is not None:
+            stats = self.prior_cache.stats
+            get_root_logger().info(f'Prior cache: {stats.hits} hits ({stats.disk_reads} from disk), {stats.misses} '
+                                   f'misses, {self.prior_cache.memory_entries} entries in memory so far')
+
     @torch.no_grad()
     def test(self) -> None:
         """Whole-image (or tiled) restoration with the prior's seeded noise: deterministic."""
         net = getattr(self, 'net_g_ema', self.net_g)
         was_training = net.training
         net.eval()
-        self.output = self.restore(net, self.lq, fresh_noise=False, tile=self.tile)
+        self.output = self.restore(net, self.lq, fresh_noise=False, tile=self.tile, prior=self.validation_prior())
         net.train(was_training)
+
+
+def _prior_cache_options(val_opt: dict, default: bool) -> tuple[bool, float]:
+    """(val.cache_prior, val.prior_cache_mb), checked: a wrong value fails at start-up, naming the key. The cache is
+    on by default in training (every validation after the first reuses it) and off at test time (one pass)."""
+    cache_prior = val_opt.get('cache_prior', default)
+    if not isinstance(cache_prior, bool):
+        raise ValueError(f'val.cache_prior must be true or false, got {cache_prior!r}')
+    memory_mb = val_opt.get('prior_cache_mb', 2048)
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int | float) or not 0 <= memory_mb < math.inf:
+        raise ValueError(f'val.prior_cache_mb must be a number of MiB >= 0 (e.g. 2048; 0 keeps nothing in memory), '
+                         f'got {memory_mb!r}')
+    return cache_prior, memory_mb

@@ -7,7 +7,7 @@ from typing import IO
 
 import torch
 
-__all__ = ['atomic_open', 'atomic_torch_save', 'network_state', 'package_path']
+__all__ = ['atomic_open', 'atomic_torch_save', 'network_state', 'package_path', 'weights_stamp']
 
 
 @contextmanager
@@ -63,3 +63,26 @@ def package_path(path: str | Path) -> Path:
         return path
     shipped = Path(__file__).resolve().parents[2] / path
     return shipped if shipped.exists() else path
+
+
+def _file_stamp(path: Path) -> dict:
+    stat = path.stat()
+    return {'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
+
+
+def weights_stamp(opt: dict) -> dict | None:
+    """Size and modification time of the weights a network option block reads, or None when it reads no file.
+
+    Feature caches (the probe's, the validation prior cache) put this in their keys, so that replacing the weights
+    under the same name invalidates them. It covers ``checkpoint`` (a file) and ``diffusers`` (every file of the
+    folder); paths resolve as the networks resolve them (``package_path``: shipped weights from any directory).
+    """
+    stamp: dict = {}
+    checkpoint = opt.get('checkpoint')
+    if isinstance(checkpoint, str) and package_path(checkpoint).is_file():
+        stamp.update(_file_stamp(package_path(checkpoint)))
+    folder = opt.get('diffusers')
+    if isinstance(folder, str) and package_path(folder).is_dir():
+        root = package_path(folder)
+        stamp['diffusers'] = {str(p.relative_to(root)): _file_stamp(p) for p in sorted(root.rglob('*')) if p.is_file()}
+    return stamp or None
