@@ -3,6 +3,7 @@ import yaml
 
 from difflid.utils.basicsr_entry import OptionError, patched_basicsr, translate_options
 from difflid.utils.options import prepare_argv, resolve_option_file
+from tests.conftest import REPO_ROOT
 
 BASE = """
 model_type: SRModel
@@ -89,6 +90,16 @@ def test_batch_options_that_cannot_run_are_named():
         translate_options(_parsed({'total_batch_size': 40}, num_gpu=2))
     assert translate_options(_parsed({'batch_size_per_gpu': 8}))['datasets']['train'] == {'batch_size_per_gpu': 8}
     translate_options(_parsed({'total_batch_size': 40}, num_gpu=2, is_train=False))  # testing: one GPU, no error
+
+
+def test_cuda_prefetch_falls_back_to_the_plain_loader_without_a_gpu():
+    with pytest.warns(UserWarning, match='prefetch_mode cuda needs a GPU'):
+        cpu = translate_options(_parsed({'batch_size_per_gpu': 8, 'prefetch_mode': 'cuda'}))
+    assert cpu['datasets']['train']['prefetch_mode'] is None
+    gpu = translate_options(_parsed({'batch_size_per_gpu': 8, 'prefetch_mode': 'cuda'}, num_gpu=1))
+    assert gpu['datasets']['train']['prefetch_mode'] == 'cuda'
+    recipe = yaml.safe_load((REPO_ROOT / 'options' / 'dehaze_its.yml').read_text())['datasets']['train']
+    assert recipe['prefetch_mode'] == 'cuda' and recipe['pin_memory'] is True  # the paper recipe feeds a GPU
 
 
 def _loader_opt(tmp_path, pairs, batch, total_iter):

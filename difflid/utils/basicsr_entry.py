@@ -10,8 +10,9 @@ which swaps these in and puts basicsr's originals back afterwards:
 2. ``init_dist`` (called by ``parse_options``): gloo and no CUDA call without a GPU, NCCL on ``LOCAL_RANK``'s
    device otherwise.
 3. ``parse_options`` then ``translate_options``: ``datasets.train.total_batch_size`` (the batch of one
-   optimizer step, whatever the number of processes) becomes basicsr's ``batch_size_per_gpu``, and a
-   difflid model asked to train under DataParallel is refused before anything is built.
+   optimizer step, whatever the number of processes) becomes basicsr's ``batch_size_per_gpu``, a
+   difflid model asked to train under DataParallel is refused before anything is built, and
+   ``prefetch_mode: cuda`` (the GPU recipes) falls back to the plain loader on a machine without a GPU.
 4. ``create_train_val_dataloader``: the epoch count comes from the loader's real length. basicsr's loader
    drops the last incomplete batch but 1.4.2 counts epochs with the rounded-up length, so a run could end
    before ``total_iter`` (LOL-v1 at batch 40: 12 iterations per epoch, counted as 13).
@@ -20,6 +21,7 @@ DDP of CPU networks (no ``device_ids``) and the DataParallel policy live in ``Re
 """
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from os import path as osp
@@ -122,6 +124,11 @@ def translate_options(opt: dict) -> dict:
                               f'{"processes" if opt["dist"] else "GPUs"}; use a positive multiple of {replicas} '
                               'or another number of GPUs')
         train_set['batch_size_per_gpu'] = total // replicas
+    if train_set is not None and train_set.get('prefetch_mode') == 'cuda' and int(opt['num_gpu']) == 0:
+        # the GPU recipes prefetch to the GPU (basicsr's CUDAPrefetcher, pinned memory); without one the same file
+        # runs with basicsr's plain loader instead of failing on torch.cuda.Stream
+        warnings.warn('datasets.train.prefetch_mode cuda needs a GPU; none is used, so the plain DataLoader runs')
+        train_set['prefetch_mode'] = None
     model_type = opt.get('model_type')
     model = MODEL_REGISTRY.get(model_type) if model_type in MODEL_REGISTRY else None
     data_parallel = not opt['dist'] and int(opt['num_gpu']) > 1
