@@ -16,6 +16,7 @@ setup(
     long_description_content_type='text/markdown',
     license='MIT',
     packages=find_packages(include=['difflid', 'difflid.*']),
+    package_data={'difflid': ['weights/*.pth']},  # the built-in prior (options/prior/adm_tiny_bundled.yml)
     python_requires='>=3.10',
     install_requires=[
         'torch>=2.1',

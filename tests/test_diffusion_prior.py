@@ -317,3 +317,36 @@ def test_prior_option_files_build_and_their_extractor_fits(name, prior):
     state = {k.removeprefix('unet.'): v.shape for k, v in net.state_dict().items()}
     assert {k: v.shape for k, v in extractor.unet.state_dict().items()}.items() <= state.items()
     assert extractor.downsample_factor == 32
+
+
+def test_the_shipped_prior_loads_from_any_working_directory(tmp_path, monkeypatch):
+    """difflid/weights/adm_tiny_bundled.pth (float16, under 10 MB) loads strictly by its repository-relative path."""
+    shipped = REPO_ROOT / 'difflid' / 'weights' / 'adm_tiny_bundled.pth'
+    assert shipped.stat().st_size < 10 * 2 ** 20
+    saved = torch.load(shipped, weights_only=True)
+    assert saved['config']['noise_schedule'] == 'linear' and set(saved) == {'params', 'config'}
+    assert all(v.dtype == torch.float16 for v in saved['params'].values())
+    monkeypatch.chdir(tmp_path)
+    extractor = HSpaceExtractor(unet='adm_tiny', checkpoint='difflid/weights/adm_tiny_bundled.pth')
+    key = 'middle_block.0.in_layers.2.weight'
+    assert torch.equal(extractor.unet.state_dict()[key], saved['params'][key].float())
+
+
+def test_the_built_in_prior_is_measured_on_photos_it_never_saw():
+    """The probe and the quickstart's validation photos are held out of the built-in prior's training set, and the
+    probe's option file builds its prior from the shipped weights."""
+    from difflid.utils.options import resolve_option_file
+
+    def options(name):
+        return yaml.safe_load(resolve_option_file(REPO_ROOT / 'options' / name).read_text())
+
+    trained_on = set(options('prior/adm_tiny_bundled.yml')['datasets']['train']['images'])
+    probe_opt = options('probe_bundled.yml')
+    held_out = set(probe_opt['datasets']['probe']['images'])
+    held_out |= set(options('quickstart.yml')['datasets']['val']['images'])
+    assert held_out and not held_out & trained_on
+    assert set(options('prior/adm_tiny_bundled.yml')['datasets']['val']['images']) == set(
+        probe_opt['datasets']['probe']['images'])
+    probe.check_probe_options(probe_opt)
+    prior = probe.build_extractor(probe_opt['network_prior'])
+    assert prior.feature_channels == options('quickstart_prior_bundled.yml')['network_g']['h_channels']
