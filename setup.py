@@ -38,8 +38,13 @@ setup(
     ],
     # guided-diffusion-sdk packages OpenAI's guided-diffusion: the tests' numerical reference for ADMUNet.
     # diffusers: DiffusersUNetExtractor (a UNet2DModel save_pretrained folder as the prior); optional.
+    # onnx: tools/export.py (torch's ONNX exporter needs onnx and onnxscript); onnxruntime: running the exported
+    # model (tools/infer.py -opt model.onnx; onnxruntime-gpu instead for CUDA). Lower bounds: the versions tested.
     extras_require={'diffusers': ['diffusers>=0.30'],
-                    'dev': ['pytest', 'ruff', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30']},
+                    'onnx': ['onnx>=1.23', 'onnxscript>=0.7'],
+                    'onnxruntime': ['onnxruntime>=1.32'],
+                    'dev': ['pytest', 'ruff', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30', 'onnx>=1.23',
+                            'onnxscript>=0.7', 'onnxruntime>=1.32']},
     classifiers=[
         'Programming Language :: Python :: 3',
         'License :: OSI Approved :: MIT License',

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) ./.venv and install difflid with its pinned stack.
-# Usage: bash tools/install_env.sh [--dev]     (--dev adds pytest and ruff)
+# Usage: bash tools/install_env.sh [--dev]     (--dev adds pytest, ruff and the test references: guided-diffusion,
+#                                              diffusers, onnx, onnxscript, onnxruntime)
 #
 # Why this script and not a bare `pip install -e .`:
 #  * basicsr 1.4.2 is an sdist whose setup_requires lists torch; with build isolation pip would build
