@@ -216,6 +216,7 @@ def test_infer_finds_the_prior_of_a_checkpoint_from_any_directory(tmp_path, monk
     prior = {'type': 'HSpaceExtractor', 'unet': 'adm_tiny', 'checkpoint': 'pretrained/tiny.pt'}
     opt = {'network_g': NET_G, 'network_prior': prior, 'path': {'models': str(models)}}
     model = SimpleNamespace(opt=opt, get_bare_model=lambda net: net)
+    model.checkpoint_config = lambda: RestorationModel.checkpoint_config(model)
     torch.manual_seed(0)
     net = DiffLI2D(**{k: v for k, v in NET_G.items() if k != 'type'})
     monkeypatch.chdir(project)  # where tools/train.py ran

@@ -127,7 +127,8 @@ def translate_options(opt: dict) -> dict:
     if train_set is not None and train_set.get('prefetch_mode') == 'cuda' and int(opt['num_gpu']) == 0:
         # the GPU recipes prefetch to the GPU (basicsr's CUDAPrefetcher, pinned memory); without one the same file
         # runs with basicsr's plain loader instead of failing on torch.cuda.Stream
-        warnings.warn('datasets.train.prefetch_mode cuda needs a GPU; none is used, so the plain DataLoader runs')
+        warnings.warn('datasets.train.prefetch_mode cuda needs a GPU; none is used, so the plain DataLoader runs',
+                      stacklevel=2)
         train_set['prefetch_mode'] = None
     model_type = opt.get('model_type')
     model = MODEL_REGISTRY.get(model_type) if model_type in MODEL_REGISTRY else None
