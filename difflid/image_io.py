@@ -1,15 +1,13 @@
-"""Reading and writing users' images for inference: 8/16-bit, grey, RGB and RGBA, kept as they came; image grids."""
-import math
+"""Reading and writing users' images for inference: 8/16-bit, grey, RGB and RGBA, kept as they came.
+
+numpy and cv2 only: the onnxruntime runner (``difflid.deploy.onnx_runner``) loads this very file."""
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from difflid.utils.checkpoint_io import atomic_open
-
-__all__ = ['LoadedImage', 'read_image', 'write_image_grid', 'write_like']
+__all__ = ['LoadedImage', 'read_image', 'write_like']
 
 
 @dataclass
@@ -56,18 +54,3 @@ def write_like(path: str | Path, rgb: np.ndarray, source: LoadedImage) -> None:
     if not cv2.imwrite(str(path), out):
         raise OSError(f'could not write {path}')
 
-
-def write_image_grid(images: torch.Tensor, path: str | Path, columns: int | None = None) -> None:
-    """Write (N, 3, H, W) RGB images in [0, 1] as one 8-bit PNG grid (torchvision's ``make_grid``; default
-    ceil(sqrt(N)) columns, 2 px gaps), atomically: an existing file is replaced only by a complete one."""
-    from torchvision.utils import make_grid
-
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=columns, padding=2)
-    rgb = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    ok, data = cv2.imencode('.png', np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise ValueError(f'cannot encode the grid for {path}')
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:
-        f.write(data.tobytes())

@@ -8,21 +8,25 @@ A ``Denoiser`` is the whole ε-prediction network of a prior with its own noise 
 - an option file holding either (a ``DiffusionPriorModel`` training file: that run's latest checkpoint).
 ``sample_images`` runs the DDIM sampler (``difflid.utils.diffusion.ddim_sample``) on it.
 """
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 import yaml
 from basicsr.archs import build_network
 
 from difflid.archs.adm_unet_arch import adm_flags, adm_noise_schedule
 from difflid.archs.hspace_arch import build_adm_unet, class_labels, resolve_class_label
-from difflid.utils.checkpoint_io import network_state, package_path
+from difflid.utils.checkpoint_io import atomic_open, network_state, package_path
 from difflid.utils.diffusion import ddim_sample, named_alphas_cumprod
 from difflid.utils.options import resolve_option_file
 
-__all__ = ['Denoiser', 'denoiser_from_checkpoint', 'denoiser_from_prior', 'load_denoiser', 'sample_images']
+__all__ = ['Denoiser', 'denoiser_from_checkpoint', 'denoiser_from_prior', 'load_denoiser', 'sample_images',
+           'write_image_grid']
 
 _ADM_SOURCES = ('HSpaceExtractor', 'ReleasedFeatureExtractor')
 
@@ -133,3 +137,19 @@ def sample_images(denoiser: Denoiser, num: int, size: int | None = None, steps: 
     x = ddim_sample(denoiser.network, (num, 3, size, size), denoiser.alphas_cumprod, steps, eta,
                     torch.Generator().manual_seed(seed), device)
     return (x + 1) / 2
+
+
+def write_image_grid(images: torch.Tensor, path: str | Path, columns: int | None = None) -> None:
+    """Write (N, 3, H, W) RGB images in [0, 1] as one 8-bit PNG grid (torchvision's ``make_grid``; default
+    ceil(sqrt(N)) columns, 2 px gaps), atomically: an existing file is replaced only by a complete one."""
+    from torchvision.utils import make_grid
+
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=columns, padding=2)
+    rgb = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    ok, data = cv2.imencode('.png', np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise ValueError(f'cannot encode the grid for {path}')
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        f.write(data.tobytes())

@@ -2,23 +2,24 @@
 
 This file imports nothing from difflid (nor torch or basicsr), so that a deployment needs neither: tools/infer.py
 loads it by its path (``importlib``), since ``import difflid.deploy.onnx_runner`` would first run difflid's
-``__init__``, which imports basicsr and torch. It therefore restates, in numpy, the little it needs from the torch
-side, and tests/test_export.py checks each piece against the original:
+``__init__``, which imports basicsr and torch. It loads the torch-free modules it shares with the torch side
+by their files, and restates in numpy only the blend of the tiles:
 
-- ``read_image`` / ``write_like``: ``difflid.image_io`` (8/16-bit, grey, RGB, RGBA kept as they came);
-- ``check_tiling`` / ``tiled_apply``: ``difflid.utils.tiling`` (the same tiles, ramps and blend, each tile given
-  its origin so the graph noises it as its window of the whole image);
+- ``read_image`` / ``write_like``: ``difflid/image_io.py`` itself (8/16-bit, grey, RGB, RGBA kept as they came);
+- ``check_tiling`` and the tiles and weights of ``tiled_apply``: ``difflid/utils/tile_layout.py``, as
+  ``difflid.utils.tiling`` (each tile given its origin so the graph noises it as its window of the whole image);
 - ``OnnxRestorer``: ``difflid.inference.Restorer`` (same call: (H, W, 3) RGB in [0, 1] in and out).
 
 The graph's contract (``difflid.deploy.export``): inputs ``image`` (B, 3, H, W) float32 in [0, 1], any size, and
 ``origin`` (2,) int64 = (top, left); output ``restored`` (B, 3, H, W), not clamped.
 """
+import importlib.util
 import os
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-import cv2
 import numpy as np
 
 __all__ = ['INSTALL_HINT', 'LoadedImage', 'OnnxRestorer', 'check_tiling', 'read_image', 'tiled_apply', 'write_like']
@@ -27,99 +28,38 @@ INSTALL_HINT = ("pip install -e '.[onnxruntime]' in the difflid repository (or p
                 'onnxruntime-gpu for CUDA)')
 
 
-# --- images: as difflid.image_io -----------------------------------------------------------------------------------
-
-@dataclass
-class LoadedImage:
-    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
-    alpha: np.ndarray | None  # (H, W) in the source's dtype, re-attached on writing
-    dtype: np.dtype  # uint8 or uint16
-    gray: bool
-    note: str  # '' or what was converted, for the summary
-
-
-def read_image(path: str | Path) -> LoadedImage:
-    """Read any 8/16-bit grey, BGR or BGRA image; ValueError naming the file if it cannot be used."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'{path}: not a readable image')
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f'{path}: {img.dtype} images are not supported (8- or 16-bit integers only)')
-    notes, alpha, gray = [], None, False
-    if img.ndim == 2 or img.shape[2] == 1:
-        img, gray = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR), True
-        notes.append('grayscale: restored as RGB, saved as grayscale')
-    elif img.shape[2] == 4:
-        img, alpha = img[..., :3], img[..., 3]
-        notes.append('RGBA: alpha kept unchanged')
-    elif img.shape[2] != 3:
-        raise ValueError(f'{path}: {img.shape[2]}-channel images are not supported')
-    if img.dtype == np.uint16:
-        notes.append('16-bit: saved as 16-bit')
-    scale = float(np.iinfo(img.dtype).max)
-    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / scale
-    return LoadedImage(rgb, alpha, img.dtype, gray, '; '.join(notes))
+def _torch_free_module(relative: str) -> ModuleType:
+    """A torch-free module of difflid loaded by its file (``import difflid.x`` would first run difflid's ``__init__``,
+    which imports basicsr and torch): the images' and the tiles' code is then the very code of the torch side."""
+    name = f'difflid_onnx_{Path(relative).stem}'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / relative)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-def write_like(path: str | Path, rgb: np.ndarray, source: LoadedImage) -> None:
-    """Write restored (H, W, 3) RGB in [0, 1] with the source's depth, channels and alpha."""
-    out = (np.clip(rgb, 0, 1) * np.iinfo(source.dtype).max).round().astype(source.dtype)
-    out = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
-    if source.gray:
-        out = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)
-    elif source.alpha is not None:
-        out = np.dstack([out, source.alpha])
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), out):
-        raise OSError(f'could not write {path}')
-
-
-# --- tiles: as difflid.utils.tiling --------------------------------------------------------------------------------
-
-def check_tiling(tile: int, overlap: int, multiple: int = 1, names: tuple[str, str] = ('tile', 'tile_overlap')) -> None:
-    """ValueError naming the options unless tile is 0 (off) or a positive multiple of ``multiple`` with
-    0 <= overlap < tile."""
-    if tile == 0:
-        return
-    if tile < 0 or tile % multiple:
-        raise ValueError(f'{names[0]} must be 0 (off) or a multiple of {multiple}, got {tile}')
-    if not 0 <= overlap < tile:
-        raise ValueError(f'{names[1]} must be in [0, {names[0]}), got {overlap}')
-
-
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    return list(range(0, length - tile, stride)) + [length - tile]  # the last tile ends at the border
-
-
-def _ramp(length: int, overlap: int) -> np.ndarray:
-    """Blending weight along one axis: rises linearly over ``overlap`` pixels at both ends, never zero."""
-    if overlap <= 0:
-        return np.ones(length, dtype=np.float32)
-    idx = np.arange(length, dtype=np.float32)
-    return np.minimum((idx + 0.5) / overlap, (length - idx - 0.5) / overlap).clip(max=1.0)
+_image_io = _torch_free_module('image_io.py')
+_tile_layout = _torch_free_module('utils/tile_layout.py')
+LoadedImage, read_image, write_like = _image_io.LoadedImage, _image_io.read_image, _image_io.write_like
+check_tiling = _tile_layout.check_tiling
 
 
 def tiled_apply(fn: Callable[[np.ndarray, tuple[int, int]], np.ndarray], x: np.ndarray, tile: int,
                 overlap: int) -> np.ndarray:
-    """``fn(tile, (top, left))`` on overlapping ``tile``-sized tiles of ``x`` (B, C, H, W), blended with weights
-    that fall off linearly towards tile edges; ``fn`` must keep the spatial size."""
-    if tile <= 0:
-        raise ValueError(f'tiled_apply needs tile > 0, got {tile}')
-    check_tiling(tile, overlap)
+    """``difflid.utils.tiling.tiled_apply`` on numpy arrays: ``fn(tile, (top, left))`` on the overlapping tiles of
+    ``x`` (B, C, H, W), blended; ``fn`` must keep the spatial size."""
     height, width = x.shape[-2:]
-    th, tw = min(tile, height), min(tile, width)
     out = weights = None
-    for top in _starts(height, th, tile - overlap):
-        for left in _starts(width, tw, tile - overlap):
-            y = fn(x[..., top:top + th, left:left + tw], (top, left))
-            if out is None:
-                out = np.zeros((*y.shape[:2], height, width), dtype=y.dtype)
-                weights = np.zeros((1, 1, height, width), dtype=y.dtype)
-            w = (_ramp(th, overlap)[:, None] * _ramp(tw, overlap)[None, :]).astype(y.dtype)
-            out[..., top:top + th, left:left + tw] += y * w
-            weights[..., top:top + th, left:left + tw] += w
+    for top, left, th, tw in _tile_layout.tile_windows(height, width, tile, overlap):
+        y = fn(x[..., top:top + th, left:left + tw], (top, left))
+        if out is None:
+            out = np.zeros((*y.shape[:2], height, width), dtype=y.dtype)
+            weights = np.zeros((1, 1, height, width), dtype=y.dtype)
+        w = _tile_layout.tile_weight(th, tw, overlap).astype(y.dtype)
+        out[..., top:top + th, left:left + tw] += y * w
+        weights[..., top:top + th, left:left + tw] += w
     return out / weights
 
 
