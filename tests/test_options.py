@@ -98,6 +98,9 @@ def test_cuda_prefetch_falls_back_to_the_plain_loader_without_a_gpu():
     assert cpu['datasets']['train']['prefetch_mode'] is None
     gpu = translate_options(_parsed({'batch_size_per_gpu': 8, 'prefetch_mode': 'cuda'}, num_gpu=1))
     assert gpu['datasets']['train']['prefetch_mode'] == 'cuda'
+    no_workers = translate_options(_parsed({'batch_size_per_gpu': 8, 'num_worker_per_gpu': 0,
+                                            'persistent_workers': True}))
+    assert no_workers['datasets']['train']['persistent_workers'] is False  # DataLoader refuses it without workers
     recipe = yaml.safe_load((REPO_ROOT / 'options' / 'dehaze_its.yml').read_text())['datasets']['train']
     assert recipe['prefetch_mode'] == 'cuda' and recipe['pin_memory'] is True  # the paper recipe feeds a GPU
 

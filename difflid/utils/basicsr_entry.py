@@ -12,7 +12,8 @@ which swaps these in and puts basicsr's originals back afterwards:
 3. ``parse_options`` then ``translate_options``: ``datasets.train.total_batch_size`` (the batch of one
    optimizer step, whatever the number of processes) becomes basicsr's ``batch_size_per_gpu``, a
    difflid model asked to train under DataParallel is refused before anything is built, and
-   ``prefetch_mode: cuda`` (the GPU recipes) falls back to the plain loader on a machine without a GPU.
+   ``prefetch_mode: cuda`` (the GPU recipes) falls back to the plain loader on a machine without a GPU
+   (and ``persistent_workers`` is dropped where there are no workers).
 4. ``create_train_val_dataloader``: the epoch count comes from the loader's real length. basicsr's loader
    drops the last incomplete batch but 1.4.2 counts epochs with the rounded-up length, so a run could end
    before ``total_iter`` (LOL-v1 at batch 40: 12 iterations per epoch, counted as 13).
@@ -130,6 +131,8 @@ def translate_options(opt: dict) -> dict:
         warnings.warn('datasets.train.prefetch_mode cuda needs a GPU; none is used, so the plain DataLoader runs',
                       stacklevel=2)
         train_set['prefetch_mode'] = None
+    if train_set is not None and train_set.get('persistent_workers') and not train_set.get('num_worker_per_gpu'):
+        train_set['persistent_workers'] = False  # no worker to keep: torch's DataLoader refuses the flag then
     model_type = opt.get('model_type')
     model = MODEL_REGISTRY.get(model_type) if model_type in MODEL_REGISTRY else None
     data_parallel = not opt['dist'] and int(opt['num_gpu']) > 1
