@@ -179,3 +179,22 @@ def test_train_and_infer_with_a_diffusers_prior(tmp_path):
     assert torch.load(weights, weights_only=True)['config']['network_prior'] == prior
     restored = cv2.imread(str(tmp_path / 'restored' / '000.png'))
     assert restored is not None and restored.shape == (40, 48, 3)
+
+
+def test_the_probe_and_the_sampler_take_a_diffusers_folder(tmp_path):
+    """The probe measures a diffusers prior against its random control (built from the same folder's config), and
+    tools/sample_prior.py's loader draws images from the folder with its own scheduler's schedule."""
+    from difflid.analysis import probe
+    from difflid.sampling import load_denoiser, sample_images
+    from tests.test_probe import tiny_options, write_scene_pairs
+
+    save_unet(tmp_path / 'unet', STRIDE4)
+    prior = {'type': 'DiffusersUNetExtractor', 'diffusers': str(tmp_path / 'unet'), 'seed': 0}
+    opt = probe.check_probe_options({**tiny_options(write_scene_pairs(tmp_path / 'data')), 'network_prior': prior})
+    summary = probe.run_probe(opt, tmp_path / 'probe')
+    assert {r['t'] for r in summary['records']} == {0, 500}
+    assert summary['control']['options']['random_weights'] is True
+    denoiser = load_denoiser(tmp_path / 'unet', tmp_path)
+    scheduler = diffusers.DDPMScheduler.from_pretrained(tmp_path / 'unet')
+    torch.testing.assert_close(denoiser.alphas_cumprod.float(), scheduler.alphas_cumprod.float())
+    assert sample_images(denoiser, 2, 32, steps=2).shape == (2, 3, 32, 32)
