@@ -56,7 +56,9 @@ def _diffusers_denoiser(unet: torch.nn.Module, alphas_cumprod: torch.Tensor, des
     def network(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(x_t, t).sample[:, :3]
 
-    multiple = 2 ** (len(unet.config.block_out_channels) - 1)
+    from difflid.archs.diffusers_unet_arch import unet_downsample_factor
+
+    multiple = unet_downsample_factor(unet)
     size = unet.config.sample_size
     size = size[0] if isinstance(size, (list, tuple)) else size
     return Denoiser(network, alphas_cumprod, int(size or 64), multiple, unet, description)

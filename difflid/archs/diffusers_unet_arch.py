@@ -26,7 +26,7 @@ from difflid.utils.checkpoint_io import network_state, package_path
 from difflid.utils.diffusion import named_alphas_cumprod
 
 __all__ = ['DiffusersUNetExtractor', 'find_scheduler_config', 'import_diffusers', 'load_diffusers_prior',
-           'load_trained_unet',
+           'load_trained_unet', 'unet_downsample_factor',
            'resolve_unet_folder']
 
 logger = logging.getLogger('basicsr')
@@ -153,6 +153,12 @@ def load_diffusers_prior(diffusers: str | None, config: dict | None, checkpoint:
     return unet, alphas_cumprod
 
 
+def unet_downsample_factor(unet: torch.nn.Module) -> int:
+    """2 ** (number of down blocks that down-sample): every block but the last in a UNet2DModel. Inputs must be
+    multiples of it, and the mid block (h-space) is at this stride."""
+    return 2 ** sum(getattr(block, 'downsamplers', None) is not None for block in unet.down_blocks)
+
+
 @ARCH_REGISTRY.register()
 class DiffusersUNetExtractor(GuidanceExtractor):
     """Frozen diffusers ``UNet2DModel`` returning its middle-block output (h-space) at several timesteps.
@@ -232,8 +238,8 @@ class DiffusersUNetExtractor(GuidanceExtractor):
 
     @property
     def downsample_factor(self) -> int:
-        """2 ** (number of down blocks that down-sample): every block but the last in a UNet2DModel."""
-        return 2 ** sum(getattr(block, 'downsamplers', None) is not None for block in self.unet.down_blocks)
+        """The mid block's stride (``unet_downsample_factor``)."""
+        return unet_downsample_factor(self.unet)
 
     def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``UNet2DModel.forward`` up to and including the middle block (its steps 0-4)."""

@@ -108,16 +108,14 @@ class CleanImageDataset(Dataset):
             return self.images[key]
         if self.file_client is None:  # opened in the worker process (LMDB handles do not survive a fork)
             self.file_client = FileClient(self.io_opt.pop('type'), **self.io_opt)
-        img = imfrombytes(self.file_client.get(key, 'gt'), float32=False)
+        img = imfrombytes(self.file_client.get(key, 'gt'), float32=False)  # 8-bit BGR whatever the file holds
         if img is None:
             raise ValueError(f"dataset {self.opt.get('name')}: cannot read image {key}")
-        return img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+        return img
 
     def __getitem__(self, index: int) -> dict:
         key = self.keys[index]
         img = self._read(key)
-        if img.dtype != np.uint8:  # 16-bit PNG/TIFF
-            img = (img.astype(np.float32) / np.iinfo(img.dtype).max * 255).round().astype(np.uint8)
         train = self.opt.get('phase', 'train') == 'train'
         if self.gt_size:
             # validation: the same zoom and crop of each image at every validation (drawn from its index)

@@ -36,6 +36,7 @@ from torch.fx.experimental import _config as fx_config  # private, but the docum
 
 from difflid.archs.guidance_base import GuidanceExtractor
 from difflid.inference import Restorer, restore
+from difflid.utils.noise import noise_key
 from difflid.version import __version__
 
 __all__ = ['ATTENTION_KINDS', 'OPSET', 'ExportError', 'GraphRestorer', 'PositionNoise', 'check_onnx', 'export_model',
@@ -74,23 +75,6 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x // 2 ** 16)
 
 
-def _hash32_int(x: int) -> int:
-    x &= _MASK
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _MASK
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _MASK
-    return x ^ (x >> 16)
-
-
-def _key(*values: int) -> int:
-    """The 32-bit key of a (seed, t, channel, stream) tuple, as ``difflid.utils.noise``'s (unsigned here)."""
-    key = 0x9E3779B9
-    for value in values:
-        key = _hash32_int(key ^ (value & _MASK))
-    return key
-
-
 class PositionNoise(nn.Module):
     """``position_noise(seed, timesteps, channels, H, W, origin)`` as a module with a dynamic size and origin.
 
@@ -102,7 +86,9 @@ class PositionNoise(nn.Module):
 
     def __init__(self, seed: int, timesteps: Sequence[int], channels: int = 3) -> None:
         super().__init__()
-        keys = [[_key(seed, t, c, stream) for stream in (0, 1)] for t in timesteps for c in range(channels)]
+        # the keys of difflid.utils.noise, as the uint32 values its int32 bit patterns stand for
+        keys = [[noise_key(seed, t, c, stream) & _MASK for stream in (0, 1)]
+                for t in timesteps for c in range(channels)]
         self.register_buffer('keys', torch.tensor(keys, dtype=torch.int64)[..., None, None], persistent=False)
         # NOTE: a buffer, not a Python float: the ONNX exporter rounds Python scalars to float32 (2π would be off
         # by 1.7e-7, enough to change a third of the float32 noise values in their last bit)

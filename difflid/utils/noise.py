@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ['position_noise']
+__all__ = ['noise_key', 'position_noise']
 
 def _int32(value: int) -> int:
     """The signed int32 with the bits of the unsigned 32-bit ``value``."""
@@ -39,8 +39,8 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 16)
 
 
-def _key(*values: int) -> int:
-    """One well-mixed 32-bit key (as a signed int32) for a tuple of integers."""
+def noise_key(*values: int) -> int:
+    """One well-mixed 32-bit key (as a signed int32) for a tuple of integers (seed, t, channel, stream)."""
     key = torch.tensor(_int32(0x9E3779B9), dtype=torch.int32)
     for value in values:
         key = _hash32(key ^ _int32(value))
@@ -75,7 +75,7 @@ def position_noise(
     for t in timesteps:
         for c in range(channels):
             # uint32 bit patterns -> uniforms in (0, 1), never 0 (log) nor 1
-            u1, u2 = (((_hash32(_hash32(pixel ^ _key(seed, t, c, stream))).to(real) % 2 ** 32) + 0.5) / 2 ** 32
+            u1, u2 = (((_hash32(_hash32(pixel ^ noise_key(seed, t, c, stream))).to(real) % 2 ** 32) + 0.5) / 2 ** 32
                       for stream in (0, 1))
             planes.append(torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2))
     return torch.stack(planes).reshape(len(timesteps), channels, height, width).float()
