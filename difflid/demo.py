@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import torch
 
-from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.data.haze_synthesis import random_smooth_depth, synthesize_haze
+from difflid.priors.hspace_arch import HSpaceExtractor
 
 __all__ = ['hspace_demo', 'pca_image']
 

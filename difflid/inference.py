@@ -8,7 +8,7 @@ import yaml
 from basicsr.archs import build_network
 from torch import nn
 
-from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.priors.base import GuidanceExtractor
 from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.paths import locate_paths

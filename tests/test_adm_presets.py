@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from difflid.archs.adm_unet_arch import ADM_CHECKPOINTS, ADM_PRESETS, ADMUNet, adm_flags, adm_noise_schedule
-from difflid.archs.hspace_arch import DEFAULT_CLASS_LABEL, HSpaceExtractor
-from difflid.archs.released_features_arch import ReleasedFeatureExtractor
 from difflid.losses.diffloss_loss import DiffLoss
-from difflid.utils.diffusion import cosine_alphas_cumprod, linear_alphas_cumprod, named_alphas_cumprod
+from difflid.priors.adm_unet_arch import ADM_CHECKPOINTS, ADM_PRESETS, ADMUNet, adm_flags, adm_noise_schedule
+from difflid.priors.hspace_arch import DEFAULT_CLASS_LABEL, HSpaceExtractor
+from difflid.priors.released_features_arch import ReleasedFeatureExtractor
+from difflid.priors.schedules import cosine_alphas_cumprod, linear_alphas_cumprod, named_alphas_cumprod
 
 script_util = pytest.importorskip('guided_diffusion.script_util', reason='reference: pip install -e .[dev]')
 gaussian_diffusion = pytest.importorskip('guided_diffusion.gaussian_diffusion')

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from difflid.archs.adm_unet_arch import ADM_PRESETS, ADMUNet, AttentionBlock, adm_flags, timestep_embedding
+from difflid.priors.adm_unet_arch import ADM_PRESETS, ADMUNet, AttentionBlock, adm_flags, timestep_embedding
 
 guided_script_util = pytest.importorskip('guided_diffusion.script_util', reason='reference: pip install -e .[dev]')
 

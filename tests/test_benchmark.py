@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
+from difflid.priors.adm_unet_arch import ADMUNet, adm_flags
 from tests.conftest import REPO_ROOT
 
 SECTION_TITLES = ('1. Prior', '2. Training step', '3. Validation', '4. Inference end to end',

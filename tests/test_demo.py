@@ -7,9 +7,9 @@ import torch
 import yaml
 from basicsr.archs import build_network
 
-from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.data.haze_synthesis import random_smooth_depth, synthesize_haze
 from difflid.demo import hspace_demo
+from difflid.priors.hspace_arch import HSpaceExtractor
 from tests.conftest import REPO_ROOT
 
 

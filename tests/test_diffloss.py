@@ -10,8 +10,8 @@ from basicsr.models import build_model
 from torch import nn
 from torch.nn import functional as F
 
-from difflid.archs.adm_unet_arch import ADMUNet
 from difflid.losses.diffloss_loss import DiffLoss
+from difflid.priors.adm_unet_arch import ADMUNet
 from difflid.utils.padding import pad_to_multiple
 from tests.conftest import REPO_ROOT, write_pairs
 from tests.test_difflid_model import make_opt

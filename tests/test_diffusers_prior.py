@@ -13,10 +13,10 @@ diffusers = pytest.importorskip('diffusers')
 
 from basicsr.archs import build_network  # noqa: E402
 
-from difflid.archs.diffusers_unet_arch import DiffusersUNetExtractor  # noqa: E402
-from difflid.archs.guidance_base import control_options  # noqa: E402
-from difflid.utils.diffusion import linear_alphas_cumprod  # noqa: E402
-from difflid.utils.noise import position_noise  # noqa: E402
+from difflid.priors.base import control_options  # noqa: E402
+from difflid.priors.diffusers_unet_arch import DiffusersUNetExtractor  # noqa: E402
+from difflid.priors.noise import position_noise  # noqa: E402
+from difflid.priors.schedules import linear_alphas_cumprod  # noqa: E402
 from tests.conftest import REPO_ROOT, guided_training_options, train_then_infer, write_pairs  # noqa: E402
 
 # stride 4: three blocks, two of which down-sample; attention in the middle block and one down block
@@ -185,7 +185,7 @@ def test_the_probe_and_the_sampler_take_a_diffusers_folder(tmp_path):
     """The probe measures a diffusers prior against its random control (built from the same folder's config), and
     tools/sample_prior.py's loader draws images from the folder with its own scheduler's schedule."""
     from difflid.analysis import probe
-    from difflid.sampling import load_denoiser, sample_images
+    from difflid.priors.sampling import load_denoiser, sample_images
     from tests.test_probe import tiny_options, write_scene_pairs
 
     save_unet(tmp_path / 'unet', STRIDE4)

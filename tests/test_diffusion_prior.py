@@ -13,12 +13,12 @@ import yaml
 from basicsr.data import build_dataset
 
 from difflid.analysis import probe
-from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.data.clean_image_dataset import random_zoom_crop
 from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.diffusion_prior_model import DiffusionPriorModel
-from difflid.sampling import denoiser_from_checkpoint, load_denoiser, sample_images
-from difflid.utils.diffusion import cosine_alphas_cumprod, ddim_sample, linear_alphas_cumprod
+from difflid.priors.hspace_arch import HSpaceExtractor
+from difflid.priors.sampling import denoiser_from_checkpoint, load_denoiser, sample_images
+from difflid.priors.schedules import cosine_alphas_cumprod, ddim_sample, linear_alphas_cumprod
 from tests.conftest import REPO_ROOT, guided_training_options, train_then_infer, write_pairs
 
 # adm_tiny with attention at the coarsest level only: a flag that differs from the preset, so that the extractor
@@ -254,7 +254,7 @@ def test_train_a_prior_then_use_it_everywhere(tmp_path):
 
 def test_a_diffusers_prior_trains_and_loads_into_the_extractor(tmp_path):
     pytest.importorskip('diffusers')
-    from difflid.archs.diffusers_unet_arch import DiffusersUNetExtractor
+    from difflid.priors.diffusers_unet_arch import DiffusersUNetExtractor
 
     data = write_images(tmp_path / 'data', 2)
     opt = prior_options(data, {'type': 'DiffusersUNet2D', 'config': DIFFUSERS_CONFIG, 'noise_schedule': 'cosine'},

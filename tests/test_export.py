@@ -21,8 +21,8 @@ from difflid.archs.difflid_arch import DiffLI2D
 from difflid.deploy import onnx_runner
 from difflid.deploy.export import ExportError, PositionNoise, export_model, export_program, save_onnx
 from difflid.inference import Restorer, restore
+from difflid.priors.noise import position_noise
 from difflid.utils import tiling
-from difflid.utils.noise import position_noise
 from tests.conftest import REPO_ROOT, hazy_astronaut, nontrivial_weights
 
 ort = pytest.importorskip('onnxruntime')

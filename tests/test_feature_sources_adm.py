@@ -12,10 +12,10 @@ import yaml
 from basicsr.archs import build_network
 from torch.nn import functional as F
 
-from difflid.archs.adm_unet_arch import ADM_PRESETS, ADMUNet, adm_flags
 from difflid.archs.difflid_arch import ContentIntegration, DiffLI2D
-from difflid.archs.hspace_arch import HSpaceExtractor
-from difflid.archs.released_features_arch import ReleasedFeatureExtractor
+from difflid.priors.adm_unet_arch import ADM_PRESETS, ADMUNet, adm_flags
+from difflid.priors.hspace_arch import HSpaceExtractor
+from difflid.priors.released_features_arch import ReleasedFeatureExtractor
 from tests.conftest import REPO_ROOT, guided_training_options, nontrivial_weights, train_then_infer, write_pairs
 
 guided_script_util = pytest.importorskip('guided_diffusion.script_util', reason='reference: pip install -e .[dev]')

@@ -7,7 +7,7 @@ import torch
 from basicsr.archs import build_network
 
 from difflid.archs.difflid_arch import DiffLI2D
-from difflid.archs.hspace_arch import HSpaceExtractor
+from difflid.priors.hspace_arch import HSpaceExtractor
 from difflid.utils.precision import resolve_channels_last, resolve_dtype
 from tests.conftest import hazy_astronaut, nontrivial_weights
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from basicsr.archs import build_network
 
-from difflid.archs.adm_unet_arch import ADM_PRESETS, ADMUNet
-from difflid.archs.hspace_arch import HSpaceExtractor
+from difflid.priors.adm_unet_arch import ADM_PRESETS, ADMUNet
+from difflid.priors.hspace_arch import HSpaceExtractor
 
 TINY = dict(unet='adm_tiny', random_weights=True)
 

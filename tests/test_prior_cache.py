@@ -1,4 +1,4 @@
-"""The validation prior cache (difflid.utils.prior_cache, val.cache_prior): cached outputs are bit-identical to
+"""The validation prior cache (difflid.priors.cache, val.cache_prior): cached outputs are bit-identical to
 uncached ones, a repeated input never reaches the prior, and anything the features depend on (pixels, shape, tile
 origin, the prior's options and weights) makes a miss."""
 import os
@@ -9,9 +9,9 @@ import torch
 from basicsr.models import build_model
 
 from difflid.archs.difflid_arch import DiffLI2D
-from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.inference import restore
-from difflid.utils.prior_cache import CachedGuidance, prior_cache_key
+from difflid.priors.cache import CachedGuidance, prior_cache_key
+from difflid.priors.hspace_arch import HSpaceExtractor
 from tests.conftest import nontrivial_weights
 from tests.test_difflid_model import NET_G, PRIOR, make_opt
 

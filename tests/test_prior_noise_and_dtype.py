@@ -9,9 +9,9 @@ from basicsr.models import build_model
 from scipy import stats
 
 from difflid.archs.difflid_arch import DiffLI2D
-from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.inference import Restorer, restore
-from difflid.utils.noise import position_noise
+from difflid.priors.hspace_arch import HSpaceExtractor
+from difflid.priors.noise import position_noise
 from tests.conftest import hazy_astronaut, nontrivial_weights
 from tests.test_difflid_model import NET_G, PRIOR, make_opt
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from difflid.analysis import probe
-from difflid.utils.diffusion import linear_alphas_cumprod
-from difflid.utils.noise import position_noise
+from difflid.priors.noise import position_noise
+from difflid.priors.schedules import linear_alphas_cumprod
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

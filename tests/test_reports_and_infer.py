@@ -13,7 +13,6 @@ import torch
 import yaml
 from basicsr.metrics import calculate_psnr
 
-from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
 from difflid.archs.dcp_arch import DCP, dehaze_dcp
 from difflid.archs.difflid_arch import DiffLI2D
 from difflid.data.bundled_photos import bundled_photo
@@ -21,6 +20,7 @@ from difflid.data.haze_synthesis import random_smooth_depth, synthesize_haze
 from difflid.inference import Restorer
 from difflid.losses import diffloss_loss
 from difflid.models.base_restoration import RestorationModel
+from difflid.priors.adm_unet_arch import ADMUNet, adm_flags
 from difflid.reports import compare_results, read_metric_csv, write_metric_csv
 from tests.conftest import REPO_ROOT, nontrivial_weights
 

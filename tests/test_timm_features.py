@@ -22,8 +22,8 @@ from basicsr.archs import build_network
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from difflid.archs.timm_features_arch import TimmFeatureExtractor
-from difflid.utils.noise import position_noise
+from difflid.priors.noise import position_noise
+from difflid.priors.timm_features_arch import TimmFeatureExtractor
 from tests.conftest import REPO_ROOT, write_pairs
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

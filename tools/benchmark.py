@@ -47,11 +47,11 @@ from basicsr.archs import build_network
 from torch import nn
 from torch.nn import functional as F
 
-from difflid.archs.adm_unet_arch import ADMUNet, adm_flags
-from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.inference import restore
 from difflid.losses.diffloss_loss import DiffLoss
-from difflid.utils.diffusion import to_diffusion_range
+from difflid.priors.adm_unet_arch import ADMUNet, adm_flags
+from difflid.priors.hspace_arch import HSpaceExtractor
+from difflid.priors.schedules import to_diffusion_range
 from difflid.utils.options import resolve_option_file
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import resolve_dtype
@@ -482,7 +482,7 @@ def train_section(bench: Bench) -> Table:
 
 def validation_passes(bench: Bench, net: nn.Module, prior_opt: dict, images: list[torch.Tensor]) -> list[float]:
     """images/s of a first and a second validation pass of ``net`` over ``images`` with the prior's features cached."""
-    from difflid.utils.prior_cache import CachedGuidance, prior_cache_key
+    from difflid.priors.cache import CachedGuidance, prior_cache_key
 
     prior = build_network(dict(prior_opt)).to(bench.device)
     cached = CachedGuidance(prior, prior_cache_key(prior_opt, bench.device, prior.dtype), memory_mb=2048,

@@ -13,9 +13,9 @@ import difflid  # noqa: F401  registers difflid and patches basicsr
 import cv2
 import torch
 
-from difflid.archs.adm_unet_arch import ADM_PRESETS
-from difflid.archs.hspace_arch import HSpaceExtractor
 from difflid.demo import hspace_demo
+from difflid.priors.adm_unet_arch import ADM_PRESETS
+from difflid.priors.hspace_arch import HSpaceExtractor
 
 
 def main() -> None:

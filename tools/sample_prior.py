@@ -17,7 +17,7 @@ import difflid  # noqa: F401  registers difflid's archs
 # isort: split
 import torch
 
-from difflid.sampling import load_denoiser, sample_images, write_image_grid
+from difflid.priors.sampling import load_denoiser, sample_images, write_image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

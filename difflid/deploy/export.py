@@ -12,7 +12,7 @@ caller but tiling:
 Inside: padding to the prior's stride (``pad_by_gather``: the rows and columns of ``pad_to_multiple``, reflect, or
 replicate where a side is too short), the map to [-1, 1], x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε at t1 and t2 with ε
 computed in the graph from (seed, t, channel, y + top, x + left) by ``PositionNoise`` (the same bits as
-``difflid.utils.noise.position_noise``), the prior's encoder (``GuidanceExtractor._features``, in float32), the
+``difflid.priors.noise.position_noise``), the prior's encoder (``GuidanceExtractor._features``, in float32), the
 network, and the crop back to H x W.
 
 Attention: ``attention='fused'`` (default) exports ``scaled_dot_product_attention`` as onnxruntime's
@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from torch.fx.experimental import _config as fx_config  # private, but the documented switch for export
 
-from difflid.archs.guidance_base import GuidanceExtractor
 from difflid.inference import Restorer, restore
-from difflid.utils.noise import noise_key
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.noise import noise_key
 from difflid.version import __version__
 
 __all__ = ['ATTENTION_KINDS', 'OPSET', 'ExportError', 'GraphRestorer', 'PositionNoise', 'check_onnx', 'export_model',
@@ -55,7 +55,7 @@ class ExportError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The position-indexed noise, in int64 arithmetic that every ONNX runtime defines.
-# NOTE: ``difflid.utils.noise`` hashes in wrapping int32. In ONNX, BitShift takes unsigned types only, and int32 Mul
+# NOTE: ``difflid.priors.noise`` hashes in wrapping int32. In ONNX, BitShift takes unsigned types only, and int32 Mul
 # overflow is undefined behaviour in the C++ kernels; torch has no uint32 arithmetic to export. So the hash works on
 # uint32 values held in int64: products are split into 16-bit halves (no intermediate reaches 2^63), right shifts
 # are divisions by powers of two (exact on non-negative values), and every result is masked to 32 bits.
@@ -67,7 +67,7 @@ def _mul32(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """Wellons' lowbias32 mixer (as ``difflid.utils.noise``) on uint32 values held in int64."""
+    """Wellons' lowbias32 mixer (as ``difflid.priors.noise``) on uint32 values held in int64."""
     x = x ^ (x // 2 ** 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x // 2 ** 15)
@@ -86,7 +86,7 @@ class PositionNoise(nn.Module):
 
     def __init__(self, seed: int, timesteps: Sequence[int], channels: int = 3) -> None:
         super().__init__()
-        # the keys of difflid.utils.noise, as the uint32 values its int32 bit patterns stand for
+        # the keys of difflid.priors.noise, as the uint32 values its int32 bit patterns stand for
         keys = [[noise_key(seed, t, c, stream) & _MASK for stream in (0, 1)]
                 for t in timesteps for c in range(channels)]
         self.register_buffer('keys', torch.tensor(keys, dtype=torch.int64)[..., None, None], persistent=False)

@@ -18,9 +18,9 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from difflid.archs.adm_unet_arch import ADMUNet, adm_flags, adm_noise_schedule
-from difflid.archs.hspace_arch import class_labels, load_adm_checkpoint, resolve_class_label
-from difflid.utils.diffusion import named_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.priors.adm_unet_arch import ADMUNet, adm_flags, adm_noise_schedule
+from difflid.priors.hspace_arch import class_labels, load_adm_checkpoint, resolve_class_label
+from difflid.priors.schedules import named_alphas_cumprod, q_sample, to_diffusion_range
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import DTYPES, autocast
 

@@ -29,12 +29,12 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
-from difflid.archs.adm_unet_arch import adm_flags
-from difflid.archs.guidance_base import GuidanceExtractor
 from difflid.inference import restore
 from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.base_restoration import RestorationModel, check_arch_options
-from difflid.utils.prior_cache import CachedGuidance, prior_cache_key
+from difflid.priors.adm_unet_arch import adm_flags
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.cache import CachedGuidance, prior_cache_key
 from difflid.utils.tiling import check_tiling
 
 __all__ = ['DiffLI2DModel']

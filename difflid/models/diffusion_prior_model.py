@@ -30,11 +30,11 @@ from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from difflid.archs.adm_unet_arch import adm_flags, adm_noise_schedule
 from difflid.models.base_restoration import RestorationModel
-from difflid.sampling import write_image_grid
-from difflid.utils.diffusion import ddim_sample, named_alphas_cumprod, q_sample, to_diffusion_range
-from difflid.utils.noise import position_noise
+from difflid.priors.adm_unet_arch import adm_flags, adm_noise_schedule
+from difflid.priors.noise import position_noise
+from difflid.priors.sampling import write_image_grid
+from difflid.priors.schedules import ddim_sample, named_alphas_cumprod, q_sample, to_diffusion_range
 
 __all__ = ['DiffusionPriorModel', 'resolve_prior_network']
 

@@ -36,8 +36,8 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from difflid.archs.guidance_base import GuidanceExtractor
-from difflid.archs.hspace_arch import _listing
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.hspace_arch import _listing
 
 __all__ = ['TimmFeatureExtractor', 'convert_checkpoint', 'find_cached_weights', 'load_used_layers',
            'read_timm_checkpoint']

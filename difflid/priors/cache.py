@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from basicsr.utils import get_root_logger
 
-from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.priors.base import GuidanceExtractor
 from difflid.utils.checkpoint_io import atomic_torch_save, weights_stamp
 from difflid.version import __version__
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from difflid.archs.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags, adm_noise_schedule
-from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.priors.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags, adm_noise_schedule
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.schedules import named_alphas_cumprod
 from difflid.utils.checkpoint_io import network_state, package_path
-from difflid.utils.diffusion import named_alphas_cumprod
 from difflid.utils.padding import pad_to_multiple
 
 __all__ = ['DEFAULT_CLASS_LABEL', 'HSpaceExtractor', 'TAP_ALIASES', 'build_adm_unet', 'class_labels',
@@ -133,7 +133,7 @@ def load_adm_checkpoint(unet: ADMUNet, path: str | Path, noise_schedule: str | N
             f'checkpoint {path} does not fit the configured ADM UNet: ' + '; '.join(problems) +
             '. Check the UNet flags (class_cond, learn_sigma, num_channels, num_res_blocks, channel_mult, '
             'attention_resolutions, resblock_updown) against those the checkpoint was trained with; '
-            'each public checkpoint has a preset named after it (ADM_CHECKPOINTS in difflid/archs/adm_unet_arch.py, '
+            'each public checkpoint has a preset named after it (ADM_CHECKPOINTS in difflid/priors/adm_unet_arch.py, '
             'e.g. adm256_uncond for 256x256_diffusion_uncond.pt).')
     unet.load_state_dict(state, strict=True)
 
@@ -234,7 +234,7 @@ class HSpaceExtractor(GuidanceExtractor):
         beta_start: β_1 of the linear schedule (for T=1000); unused by a cosine one.
         beta_end: β_T of the linear schedule (for T=1000); unused by a cosine one.
         seed: Seed of the fixed noise. ε is a function of (seed, t, channel, y, x) in absolute image
-            coordinates (``difflid.utils.noise``), so the same image gives the same features on every call,
+            coordinates (``difflid.priors.noise``), so the same image gives the same features on every call,
             in any batch position, on any device, and a tile or crop is noised exactly as the same window
             of the whole image.
         dtype: 'auto' (default: bf16 autocast when the input is on a CUDA GPU, fp32 on the CPU), 'fp32', or

@@ -10,7 +10,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from difflid.archs.diffusers_unet_arch import import_diffusers, resolve_unet_folder
+from difflid.priors.diffusers_unet_arch import import_diffusers, resolve_unet_folder
 
 __all__ = ['DiffusersUNet2D']
 

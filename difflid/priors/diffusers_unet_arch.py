@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from difflid.archs.guidance_base import GuidanceExtractor
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.schedules import named_alphas_cumprod
 from difflid.utils.checkpoint_io import network_state, package_path
-from difflid.utils.diffusion import named_alphas_cumprod
 
 __all__ = ['DiffusersUNetExtractor', 'find_scheduler_config', 'import_diffusers', 'load_diffusers_prior',
            'load_trained_unet', 'unet_downsample_factor',

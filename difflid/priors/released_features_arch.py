@@ -18,8 +18,8 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch.nn import functional as F
 
-from difflid.archs.guidance_base import GuidanceExtractor
-from difflid.archs.hspace_arch import build_adm_unet, class_labels, resolve_class_label, run_padded, use_adm_schedule
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.hspace_arch import build_adm_unet, class_labels, resolve_class_label, run_padded, use_adm_schedule
 
 __all__ = ['ReleasedFeatureExtractor']
 

@@ -6,7 +6,7 @@ A ``Denoiser`` is the whole ε-prediction network of a prior with its own noise 
   the decoder included, which the extractors themselves never build;
 - a checkpoint written by ``DiffusionPriorModel`` (it records its network and schedule);
 - an option file holding either (a ``DiffusionPriorModel`` training file: that run's latest checkpoint).
-``sample_images`` runs the DDIM sampler (``difflid.utils.diffusion.ddim_sample``) on it.
+``sample_images`` runs the DDIM sampler (``difflid.priors.schedules.ddim_sample``) on it.
 """
 import math
 from collections.abc import Callable
@@ -19,10 +19,10 @@ import torch
 import yaml
 from basicsr.archs import build_network
 
-from difflid.archs.adm_unet_arch import adm_flags, adm_noise_schedule
-from difflid.archs.hspace_arch import build_adm_unet, class_labels, resolve_class_label
+from difflid.priors.adm_unet_arch import adm_flags, adm_noise_schedule
+from difflid.priors.hspace_arch import build_adm_unet, class_labels, resolve_class_label
+from difflid.priors.schedules import ddim_sample, named_alphas_cumprod
 from difflid.utils.checkpoint_io import atomic_open, network_state, package_path
-from difflid.utils.diffusion import ddim_sample, named_alphas_cumprod
 from difflid.utils.options import resolve_option_file
 
 __all__ = ['Denoiser', 'denoiser_from_checkpoint', 'denoiser_from_prior', 'load_denoiser', 'sample_images',
@@ -56,7 +56,7 @@ def _diffusers_denoiser(unet: torch.nn.Module, alphas_cumprod: torch.Tensor, des
     def network(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(x_t, t).sample[:, :3]
 
-    from difflid.archs.diffusers_unet_arch import unet_downsample_factor
+    from difflid.priors.diffusers_unet_arch import unet_downsample_factor
 
     multiple = unet_downsample_factor(unet)
     size = unet.config.sample_size
@@ -77,7 +77,7 @@ def denoiser_from_prior(block: dict) -> Denoiser:
                              f"{kind} {unet_opt if isinstance(unet_opt, str) else 'flags'}, "
                              f"{block.get('checkpoint') or 'random weights'}")
     if kind == 'DiffusersUNetExtractor':
-        from difflid.archs.diffusers_unet_arch import load_diffusers_prior
+        from difflid.priors.diffusers_unet_arch import load_diffusers_prior
 
         keys = ('diffusers', 'config', 'checkpoint', 'random_weights', 'init_seed', 'noise_schedule',
                 'num_diffusion_steps', 'beta_start', 'beta_end')

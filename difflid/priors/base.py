@@ -9,7 +9,7 @@ tap": it implements ``_features(x_t, t)`` and the two properties ``feature_chann
 - the input: images in [0, 1], reflect-padded to the stride, mapped to [-1, 1] and noised to
   x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε at each timestep (linear β schedule, T steps), all timesteps in one
   batched pass;
-- the noise: seeded and indexed by absolute pixel position (``difflid.utils.noise``), so features are
+- the noise: seeded and indexed by absolute pixel position (``difflid.priors.noise``), so features are
   reproducible in any batch position and a tile is noised as its window of the whole image; or fresh;
 - freezing: no gradients, always in eval mode, never trained or saved with ``net_g``;
 - precision: autocast to ``dtype`` ('fp32' leaves an enclosing autocast in force; 'auto' is bf16 on CUDA, fp32 on
@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from difflid.utils.diffusion import linear_alphas_cumprod, q_sample, to_diffusion_range
-from difflid.utils.noise import position_noise
+from difflid.priors.noise import position_noise
+from difflid.priors.schedules import linear_alphas_cumprod, q_sample, to_diffusion_range
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import PRECISIONS, component_autocast, resolve_channels_last, resolve_dtype
 
