@@ -13,7 +13,7 @@ diffusers = pytest.importorskip('diffusers')
 
 from basicsr.archs import build_network  # noqa: E402
 
-from difflid.priors.base import control_options  # noqa: E402
+from difflid.priors.builder import control_options  # noqa: E402
 from difflid.priors.diffusers_unet_arch import DiffusersUNetExtractor  # noqa: E402
 from difflid.priors.noise import position_noise  # noqa: E402
 from difflid.priors.schedules import linear_alphas_cumprod  # noqa: E402

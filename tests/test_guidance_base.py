@@ -7,7 +7,8 @@ from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch.nn import functional as F
 
-from difflid.priors.base import GuidanceExtractor, control_options
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.builder import control_options
 from difflid.priors.noise import position_noise
 from difflid.priors.schedules import linear_alphas_cumprod
 from tests.test_difflid_model import _batch, make_opt

@@ -56,7 +56,8 @@ from tqdm import tqdm
 
 from difflid.metrics.float_metrics import calculate_psnr_float, calculate_ssim_float, float_image
 from difflid.models.base_restoration import check_arch_options
-from difflid.priors.base import GuidanceExtractor, control_options
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.builder import control_options
 from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save, weights_stamp
 from difflid.utils.options import resolve_option_file
 

@@ -30,7 +30,7 @@ from difflid.priors.schedules import linear_alphas_cumprod, q_sample, to_diffusi
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import PRECISIONS, component_autocast, resolve_channels_last, resolve_dtype
 
-__all__ = ['GuidanceExtractor', 'Origin', 'control_options']
+__all__ = ['GuidanceExtractor', 'Origin']
 
 # (top, left) of an image in the whole image it was cut from, or one such pair per image of a batch
 Origin = tuple[int, int] | Sequence[tuple[int, int]]
@@ -55,6 +55,16 @@ class GuidanceExtractor(nn.Module):
         compile: ``torch.compile`` the member's ``_features`` at the first call (compiling takes tens of seconds;
             a new input size may compile again).
     """
+
+    # Capabilities of a member, read by its consumers instead of its class name. ``has_denoiser_option``: the member
+    # can keep its full ε-prediction network (``denoiser_options()`` are the keys that ask for it), so DiffLoss's ε
+    # term and DDIM sampling can use it.
+    has_denoiser_option: bool = False
+
+    @classmethod
+    def denoiser_options(cls) -> dict:
+        """The option keys that make the member keep its full ε-prediction network (see ``has_denoiser_option``)."""
+        return {}
 
     def __init__(
         self,
@@ -213,13 +223,3 @@ class GuidanceExtractor(nn.Module):
         t1, t2 = self.timesteps[:2]
         return feats[t1], feats[t2]
 
-
-def control_options(opt: dict) -> dict:
-    """The option block of ``opt``'s control: the same extractor and architecture with random weights.
-
-    ``checkpoint`` (every member's weights key) is dropped, ``random_weights`` set, and the random init
-    seeded with ``init_seed`` + 1, so that a random-weight prior still gets a different random control.
-    """
-    control = {k: v for k, v in opt.items() if k != 'checkpoint'}
-    control.update(random_weights=True, init_seed=int(opt.get('init_seed', 0)) + 1)
-    return control

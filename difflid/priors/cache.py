@@ -7,7 +7,7 @@ image's features once. Training draws fresh noise and always bypasses it.
 
 An entry's key hashes the input tensor (bytes, shape, dtype), its origin (a tile's position, which selects its
 window of the noise), the autocast in force, and ``prior_cache_key``: the prior's options, the size and time of its
-weight files, the device type and dtype, and the difflid and torch code that computes the features. Files that
+weight files, the device type and dtype, and the code that computes the features (``feature_code_digest``). Files that
 another configuration wrote are therefore never read, only ignored.
 """
 import hashlib
@@ -25,18 +25,20 @@ from difflid.priors.base import GuidanceExtractor
 from difflid.utils.checkpoint_io import atomic_torch_save, weights_stamp
 from difflid.version import __version__
 
-__all__ = ['CacheStats', 'CachedGuidance', 'prior_cache_key']
+__all__ = ['CacheStats', 'CachedGuidance', 'feature_code_digest', 'prior_cache_key']
 
 _FORMAT = 1  # bump when the entry layout or the key's recipe changes
 _MB = 2 ** 20
 
 
 @cache
-def _code_digest() -> str:
-    """sha256 of difflid's source files: a resumed run after a code change must not read features of the old code."""
+def feature_code_digest() -> str:
+    """sha256 of the code that computes a prior's features: the prior family's source files (``difflid/priors/``:
+    members, base, noise, schedules) and difflid's padding. A feature cache or store keyed on it is never served
+    features of older code, while an unrelated edit elsewhere in the package keeps it valid."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(package.rglob('*.py')):
+    for path in sorted([*package.joinpath('priors').rglob('*.py'), package / 'utils' / 'padding.py']):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -53,7 +55,7 @@ def prior_cache_key(prior_opt: dict, device: torch.device | str, dtype: torch.dt
     payload = {
         'format': _FORMAT, 'options': prior_opt, 'weights': weights_stamp(prior_opt),
         'device': torch.device(device).type, 'dtype': str(dtype),
-        'difflid': __version__, 'code': _code_digest(), 'torch': torch.__version__,
+        'difflid': __version__, 'code': feature_code_digest(), 'torch': torch.__version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
