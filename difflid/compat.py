@@ -6,7 +6,7 @@ anything imports basicsr, and the only change difflid makes to other packages at
 
 basicsr's own functions stay basicsr's, so a process that imports difflid only for an arch keeps basicsr's
 behaviour. What difflid's tools change while basicsr's pipelines run (CPU-safe, working-directory-independent
-resume; gloo on the CPU; ``total_batch_size``; the epoch count) is in ``difflid.utils.basicsr_entry``, and
+resume; gloo on the CPU; ``total_batch_size``; the epoch count) is in ``difflid.entry``, and
 DDP of CPU networks is ``RestorationModel.model_to_device``. The optimizer builder of 1.4.2 accepts only Adam;
 difflid's models add the others themselves.
 """

@@ -9,6 +9,7 @@ from basicsr.archs import build_network
 from torch import nn
 
 from difflid.priors.base import GuidanceExtractor
+from difflid.priors.builder import build_prior
 from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.paths import locate_paths
@@ -78,7 +79,7 @@ class Restorer:
             params = state[param_key] if param_key in state else state['params']
             self.net.load_state_dict({k.removeprefix('module.'): v for k, v in params.items()}, strict=True)
         self.net.to(self.device).eval()
-        self.prior = build_network(dict(network_prior)).to(self.device) if network_prior else None
+        self.prior = build_prior(network_prior).to(self.device) if network_prior else None
 
     @classmethod
     def from_file(cls, path: str | Path, root: str | Path, tile: int | None = None, tile_overlap: int | None = None,

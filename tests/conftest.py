@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import difflid  # noqa: F401  patches basicsr before any test imports it
+import difflid  # noqa: F401  registers difflid; makes basicsr importable (difflid.compat) before any test imports it
 
 # isort: split
 import cv2

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from difflid.losses.diffloss_loss import DiffLoss
+from difflid.priors.adm import DEFAULT_CLASS_LABEL
 from difflid.priors.adm_unet_arch import ADM_CHECKPOINTS, ADM_PRESETS, ADMUNet, adm_flags, adm_noise_schedule
-from difflid.priors.hspace_arch import DEFAULT_CLASS_LABEL, HSpaceExtractor
+from difflid.priors.hspace_arch import HSpaceExtractor
 from difflid.priors.released_features_arch import ReleasedFeatureExtractor
 from difflid.priors.schedules import cosine_alphas_cumprod, linear_alphas_cumprod, named_alphas_cumprod
 
@@ -145,8 +146,8 @@ def test_extractors_and_diffloss_use_the_preset_schedule():
     loss = DiffLoss(unet=COSINE_SMALL, random_weights=True)
     for module in (hspace, released, loss):
         torch.testing.assert_close(module.alphas_cumprod.float(), cosine, rtol=0, atol=0)
-    # DiffLoss on the prior's UNet takes the schedule that UNet was built with
-    shared = DiffLoss(h_weight=1.0, eps_weight=0.0, shared_unet=hspace.unet)
+    # DiffLoss on the prior's network takes the prior's schedule
+    shared = DiffLoss(h_weight=1.0, eps_weight=0.0, shared_prior=hspace)
     torch.testing.assert_close(shared.alphas_cumprod.float(), cosine, rtol=0, atol=0)
     # an explicit noise_schedule in the flags overrides the preset's; linear presets are unchanged
     override = {**COSINE_SMALL, 'noise_schedule': 'linear'}
@@ -177,9 +178,9 @@ def test_class_label_reaches_the_unet():
 
 def test_diffloss_class_label():
     prior = HSpaceExtractor(unet=TINY_COND, random_weights=True, class_label=5)
-    assert DiffLoss(h_weight=1.0, eps_weight=0.0, shared_unet=prior.unet).class_label == 5
+    assert DiffLoss(h_weight=1.0, eps_weight=0.0, shared_prior=prior).prior.class_label == 5
     own = DiffLoss(unet=TINY_COND, random_weights=True, class_label=7)
-    assert own.class_label == 7
+    assert own.prior.class_label == 7
     restored, gt = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     torch.manual_seed(0)
     l_eps, l_h = own(restored, gt)

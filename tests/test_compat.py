@@ -1,4 +1,4 @@
-"""difflid/compat.py (import-time: the torchvision alias only) and difflid/utils/basicsr_entry.py (what the tools
+"""difflid/compat.py (import-time: the torchvision alias only) and difflid/entry.py (what the tools
 change in basicsr while its pipelines run), plus RestorationModel.model_to_device (DDP on the CPU, no DataParallel)."""
 import json
 import os
@@ -13,10 +13,10 @@ import torch
 from torch import distributed as dist
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from difflid import entry as basicsr_entry
+from difflid.entry import OptionError, patched_basicsr
 from difflid.models import base_restoration
 from difflid.models.base_restoration import RestorationModel
-from difflid.utils import basicsr_entry
-from difflid.utils.basicsr_entry import OptionError, patched_basicsr
 from tests.conftest import REPO_ROOT, free_port
 
 
@@ -159,7 +159,7 @@ import difflid  # noqa: F401
 import basicsr.train
 from basicsr.utils import get_root_logger
 
-from difflid.utils.basicsr_entry import patched_basicsr
+from difflid.entry import patched_basicsr
 from difflid.utils.options import prepare_argv
 
 out = Path(sys.argv.pop(1))

@@ -32,8 +32,8 @@ def _pair():
 @pytest.mark.parametrize('weights', [{'eps_weight': 1.0, 'h_weight': 0}, {'eps_weight': 0, 'h_weight': 1.0}])
 def test_each_term_alone_trains_the_network_and_never_the_unet(weights):
     loss = DiffLoss(**TINY, **weights)
-    assert isinstance(loss.unet, ADMUNet) and loss.unet.encoder_only == (weights['eps_weight'] == 0)
-    unet_before = copy.deepcopy(loss.unet.state_dict())
+    assert isinstance(loss.prior.unet, ADMUNet) and loss.prior.unet.encoder_only == (weights['eps_weight'] == 0)
+    unet_before = copy.deepcopy(loss.prior.unet.state_dict())
     net = _restorer()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     lq, gt = _pair()
@@ -43,8 +43,8 @@ def test_each_term_alone_trains_the_network_and_never_the_unet(weights):
     missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not missing, f'no gradient reached {missing}'
     optimizer.step()
-    assert all(p.grad is None and not p.requires_grad for p in loss.unet.parameters())
-    torch.testing.assert_close(loss.unet.state_dict(), unet_before, rtol=0, atol=0)
+    assert all(p.grad is None and not p.requires_grad for p in loss.prior.unet.parameters())
+    torch.testing.assert_close(loss.prior.unet.state_dict(), unet_before, rtol=0, atol=0)
 
 
 def test_zero_when_restored_equals_gt():
@@ -59,13 +59,13 @@ def test_t_and_noise_are_shared_and_the_value_matches_separate_passes(monkeypatc
     restored, gt = _pair()
     restored.requires_grad_(True)
     seen = []
-    original = loss.unet.forward_with_hspace
+    original = loss.prior.unet.forward_with_hspace
 
     def spy(x, t):
         seen.append((x, t, torch.is_grad_enabled()))
         return original(x, t)
 
-    monkeypatch.setattr(loss.unet, 'forward_with_hspace', spy)
+    monkeypatch.setattr(loss.prior.unet, 'forward_with_hspace', spy)
     torch.manual_seed(5)
     l_eps, l_h = loss(restored, gt)
     (gt_t, t_gt, gt_graph), (restored_t, t, restored_graph) = seen
@@ -96,8 +96,9 @@ def test_padding_is_excluded_from_both_terms():
     t = torch.randint(0, 1000, (1,))
     eps = torch.randn(1, 3, 64, 96)
     a = loss.alphas_cumprod[t].float()[:, None, None, None]
+    unet = loss.prior.unet
     with torch.no_grad():
-        outs = [loss.unet.forward_with_hspace(a.sqrt() * (2 * pad_to_multiple(img, 32) - 1) + (1 - a).sqrt() * eps, t)
+        outs = [unet.forward_with_hspace(a.sqrt() * (2 * pad_to_multiple(img, 32) - 1) + (1 - a).sqrt() * eps, t)
                 for img in (restored, gt)]
     eps_diff = (outs[0][0][:, :3] - outs[1][0][:, :3])[..., :45, :70]
     torch.testing.assert_close(l_eps, eps_diff.square().mean(), rtol=1e-4, atol=1e-9)
@@ -128,14 +129,14 @@ def test_the_target_branch_keeps_no_activations():
     restored.requires_grad_(True)
     t = torch.tensor([10, 700])
     kept = _saved_bytes(lambda: loss(restored, gt))
-    one_branch = _saved_bytes(lambda: loss.unet.forward_with_hspace(restored * 2 - 1, t))
+    one_branch = _saved_bytes(lambda: loss.prior.unet.forward_with_hspace(restored * 2 - 1, t))
     assert kept < 1.1 * one_branch, f'DiffLoss keeps {kept / one_branch:.2f}x the activations of one branch'
 
 
 def test_an_enclosing_autocast_reaches_the_unet():
     loss = DiffLoss(**TINY)  # dtype fp32: it must not switch the caller's bf16 autocast off
     dtypes = []
-    loss.unet.input_blocks[0][0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    loss.prior.unet.input_blocks[0][0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     restored, gt = _pair()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         l_eps, l_h = loss(restored, gt)
@@ -168,14 +169,14 @@ def test_bad_options_are_named(kwargs, match):
 
 def test_registered_and_built_from_options():
     loss = build_loss({'type': 'DiffLoss', **TINY, 'h_weight': 0})
-    assert isinstance(loss, DiffLoss) and loss.unet.encoder_only is False
+    assert isinstance(loss, DiffLoss) and loss.prior.unet.encoder_only is False
 
 
 def test_difflid_model_shares_its_prior_with_diffloss(tmp_path):
     opt = make_opt(tmp_path)
     opt['train']['diff_opt'] = {'type': 'DiffLoss', **TINY, 'eps_weight': 1e-3, 'h_weight': 1e-6}
     model = build_model(opt)
-    assert model.cri_diff.unet is model.prior.unet and not model.prior.unet.encoder_only
+    assert model.cri_diff.prior.unet is model.prior.unet and not model.prior.unet.encoder_only
     gen = torch.Generator().manual_seed(0)
     gt = torch.rand(2, 3, 32, 32, generator=gen)
     model.feed_data({'lq': gt * 0.6 + 0.3, 'gt': gt})
@@ -185,7 +186,7 @@ def test_difflid_model_shares_its_prior_with_diffloss(tmp_path):
     opt = make_opt(tmp_path)
     opt['train']['diff_opt'] = {'type': 'DiffLoss', **TINY, 'init_seed': 7}  # other weights: its own UNet
     model = build_model(opt)
-    assert model.cri_diff.unet is not model.prior.unet and model.prior.unet.encoder_only
+    assert model.cri_diff.prior.unet is not model.prior.unet and model.prior.unet.encoder_only
     opt['train']['diff_opt'] = {'type': 'DiffLoss', **TINY, 'eps_wieght': 1}
     with pytest.raises(KeyError, match='eps_wieght'):
         build_model(opt)

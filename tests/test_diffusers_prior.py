@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+import subprocess
 import sys
 
 import cv2
@@ -162,7 +163,8 @@ def test_train_and_infer_with_a_diffusers_prior(tmp_path):
     save_unet(tmp_path / 'unet', STRIDE4)
     shutil.copytree(REPO_ROOT / 'tools', tmp_path / 'tools')
     gt, lq = write_pairs(tmp_path / 'data', 2, size=(40, 48))
-    prior = {'type': 'DiffusersUNetExtractor', 'diffusers': str(tmp_path / 'unet'), 'timesteps': [0, 500]}
+    # a relative folder, as users write it: the checkpoint must record where it is, for infer from anywhere
+    prior = {'type': 'DiffusersUNetExtractor', 'diffusers': 'unet', 'timesteps': [0, 500]}
     # h at stride 4: three levels (2^(3-1) = 4 divides h_stride)
     option = guided_training_options('diffusers_prior', gt, lq, prior, {
         'type': 'DiffLI2D', 'num_feat': 8, 'width_mult': [1, 2, 4], 'num_enc_blocks': [1, 1], 'num_heads': [1, 2, 2],
@@ -176,9 +178,15 @@ def test_train_and_infer_with_a_diffusers_prior(tmp_path):
     log = ''.join(p.read_text() for p in exp.glob('train_*.log'))
     assert '32 channels at stride 4' in log and re.search(r'iter: +2, ', log)
     assert 'scheduler_config.json' in log  # the folder's own schedule was used
-    assert torch.load(weights, weights_only=True)['config']['network_prior'] == prior
+    recorded = torch.load(weights, weights_only=True)['config']['network_prior']
+    assert recorded == {**prior, 'diffusers': str(tmp_path / 'unet')}
     restored = cv2.imread(str(tmp_path / 'restored' / '000.png'))
     assert restored is not None and restored.shape == (40, 48, 3)
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, str(tools / 'infer.py'), '-opt', str(weights), '-i', str(lq / '000.png'),
+                           '-o', 'out'], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and (elsewhere / 'out' / '000.png').is_file(), proc.stderr[-2000:]
 
 
 def test_the_probe_and_the_sampler_take_a_diffusers_folder(tmp_path):

@@ -91,14 +91,15 @@ def test_tap_equals_the_block_output_of_guided_diffusion(reference, tap):
 
 
 def test_decoder_tap_of_stride_16_pads_an_odd_size_to_32_and_crops_back(reference):
-    """48 x 80 is a multiple of the tap's stride (16), not of the UNet's (32): the decoder needs the latter."""
+    """48 x 80 is a multiple of the tap's stride (16), not of the UNet's (32): the decoder needs the latter. The clean
+    image is padded before noising, so the padded cells carry their own positions' noise, not mirrored noise (as
+    padding x_t would give)."""
     ref, path = reference
     extractor = HSpaceExtractor(unet='adm_tiny', checkpoint=path, tap='output_blocks.1')
     img = torch.rand(1, 3, 48, 80, generator=torch.Generator().manual_seed(3))
     feats = extractor(img)
-    for t, x_t in _noised(extractor, img).items():
-        padded = F.pad(x_t, (0, 16, 0, 16), mode='reflect')
-        expected = _hooked(ref, 'output_blocks.1', padded, torch.tensor([t]))[..., :3, :5]
+    for t, x_t in _noised(extractor, F.pad(img, (0, 16, 0, 16), mode='reflect')).items():
+        expected = _hooked(ref, 'output_blocks.1', x_t, torch.tensor([t]))[..., :3, :5]
         torch.testing.assert_close(feats[t], expected, rtol=1e-4, atol=1e-4)
 
 
@@ -204,8 +205,8 @@ def test_released_features_equal_guided_diffusion_at_alpha_bar(reference, stride
     img = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(4))
     feats = extractor(img)
     height, width = size
-    for t, x_t in _noised(extractor, img).items():
-        padded = F.pad(x_t, (0, -height % 32, 0, -width % 32), mode='reflect')
+    # the clean image padded to the UNet's 32 before noising (padded cells get their own positions' noise)
+    for t, padded in _noised(extractor, F.pad(img, (0, -width % 32, 0, -height % 32), mode='reflect')).items():
         with torch.no_grad():
             out = ref(padded, torch.tensor([_alpha_bar(t)], dtype=torch.float32))[..., :height, :width]
             at_integer_t = ref(padded, torch.tensor([t]))[..., :height, :width]

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from difflid.utils.basicsr_entry import OptionError, patched_basicsr, translate_options
+from difflid.entry import OptionError, patched_basicsr, translate_options
 from difflid.utils.options import prepare_argv, resolve_option_file
 from tests.conftest import REPO_ROOT
 

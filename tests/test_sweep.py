@@ -299,7 +299,7 @@ def test_a_sweep_trains_tests_tabulates_and_skips_finished_runs(project):
 SETS = {'its': ('dehaze_its', 'test_sots_indoor', 'SOTS_indoor'),
         'dense_haze': ('dehaze_dense_haze', 'test_dense_haze', 'Dense_Haze_test'),
         'nh_haze': ('dehaze_nh_haze', 'test_nh_haze', 'NH_HAZE_test')}
-_COMMON = {'timesteps': [0, 500], 'seed': 0, 'dtype': 'fp32'}
+_COMMON = {'timesteps': [0, 500], 'seed': 0, 'dtype': 'auto'}
 # variant -> (network_g changes, network_prior changes merged into the base's, or its whole new block)
 VARIANTS = {
     'table2_{}_baseline': ({'cim': 'self', 'hae': 'self'}, {}, None),

@@ -14,7 +14,7 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.utils import get_root_logger
 
-from difflid.utils.basicsr_entry import patched_basicsr, translate_options
+from difflid.entry import patched_basicsr, translate_options
 from difflid.utils.options import prepare_argv, resolve_option_file, training_to_test_options
 from tests.conftest import REPO_ROOT
 from tests.miniature_datasets import LAYOUTS, degrade, signature_image, write

@@ -279,8 +279,8 @@ datasets:
   train: {{name: toy, type: PairedImageDataset, dataroot_gt: {gt}, dataroot_lq: {lq}, filename_tmpl: '{{}}',
           io_backend: {{type: disk}}, gt_size: 32, use_hflip: false, use_rot: false, num_worker_per_gpu: 0,
           batch_size_per_gpu: 2, dataset_enlarge_ratio: 1, prefetch_mode: ~}}
-network_prior: {{type: TimmFeatureExtractor, model: resnet50, random_weights: true}}
-network_g: {{type: DiffLI2D, num_feat: 8, num_heads: [1, 2, 2, 4], h_channels: 2048}}
+network_prior: {{type: TimmFeatureExtractor, model: {model}, random_weights: true}}
+network_g: {{type: DiffLI2D, num_feat: 8, num_heads: [1, 2, 2, 4], h_channels: {channels}}}
 path: {{pretrain_network_g: ~, strict_load_g: true, resume_state: ~}}
 train:
   optim_g: {{type: AdamW, lr: !!float 1.0e-3}}
@@ -293,21 +293,22 @@ logger: {{print_freq: 1, save_checkpoint_freq: 2, use_tb_logger: false, wandb: {
 
 
 @pytest.mark.slow
-def test_difflid_trains_and_restores_with_resnet50_features(tmp_path, monkeypatch, capsys):
-    """The whole path: catches a prior that the model, its checkpoint's config or infer.py cannot build, and
-    h_channels not matching the extractor's feature_channels. (Training in a process of its own, as in use;
-    infer.py in this one, which saves a start-up.)"""
+@pytest.mark.parametrize('model, channels', [('resnet50', 2048), ('vgg16', 512)])
+def test_difflid_trains_and_restores_with_timm_features(tmp_path, monkeypatch, capsys, model, channels):
+    """The whole path, for both backbones of Table 3: catches a prior that the model, its checkpoint's config or
+    infer.py cannot build, and h_channels not matching the extractor's feature_channels. (Training in a process of
+    its own, as in use; infer.py in this one, which saves a start-up.)"""
     shutil.copytree(REPO_ROOT / 'tools', tmp_path / 'tools')
     gt, lq = write_pairs(tmp_path / 'data', 2, size=(40, 52))
     option = tmp_path / 'train.yml'
-    option.write_text(TRAIN.format(gt=gt, lq=lq))
-    assert yaml.safe_load(option.read_text())['network_prior']['model'] == 'resnet50'
+    option.write_text(TRAIN.format(gt=gt, lq=lq, model=model, channels=channels))
+    assert yaml.safe_load(option.read_text())['network_prior']['model'] == model
     proc = subprocess.run([sys.executable, 'tools/train.py', '-opt', str(option)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     experiment = tmp_path / 'experiments' / 'timm_prior'
     log = ''.join(p.read_text() for p in experiment.glob('train_timm_prior_*.log'))
-    assert 'Frozen prior: TimmFeatureExtractor' in log and '2048 channels at stride 32' in log
+    assert 'Frozen prior: TimmFeatureExtractor' in log and f'{channels} channels at stride 32' in log
     weights = experiment / 'models' / 'net_g_2.pth'
     saved = torch.load(weights, weights_only=True)
     assert saved['config']['network_prior']['type'] == 'TimmFeatureExtractor'

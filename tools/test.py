@@ -10,7 +10,7 @@ import difflid  # noqa: F401  registers difflid's archs, datasets, losses, metri
 # isort: split
 from basicsr.test import test_pipeline
 
-from difflid.utils.basicsr_entry import OptionError, patched_basicsr
+from difflid.entry import OptionError, patched_basicsr
 from difflid.utils.options import prepare_argv
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import difflid  # noqa: F401  registers difflid's archs, datasets, losses, metri
 # isort: split
 from basicsr.train import train_pipeline
 
-from difflid.utils.basicsr_entry import OptionError, patched_basicsr
+from difflid.entry import OptionError, patched_basicsr
 from difflid.utils.options import prepare_argv
 
 if __name__ == '__main__':

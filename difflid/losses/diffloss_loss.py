@@ -18,41 +18,51 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from difflid.priors.adm_unet_arch import ADMUNet, adm_flags, adm_noise_schedule
-from difflid.priors.hspace_arch import class_labels, load_adm_checkpoint, resolve_class_label
-from difflid.priors.schedules import named_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.priors.base import GuidanceExtractor
+from difflid.priors.builder import build_prior, with_denoiser
+from difflid.priors.schedules import q_sample, to_diffusion_range
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import DTYPES, autocast
 
 __all__ = ['DiffLoss']
 
 _DTYPES = {name: DTYPES[name] for name in ('fp32', 'bf16')}  # no fp16: basicsr's loop has no loss scaling
+# The keys of an ADM prior that DiffLoss takes itself (the shorthand for ``prior: {type: HSpaceExtractor, ...}``).
+_ADM_KEYS = ('unet', 'checkpoint', 'random_weights', 'init_seed', 'class_label', 'num_diffusion_steps', 'beta_start',
+             'beta_end')
 
 
 @LOSS_REGISTRY.register()
 class DiffLoss(nn.Module):
     """Diffusion-model loss between a restored image and its ground truth.
 
+    The frozen network comes from the prior family's builder, so a schedule, β range or class label option means the
+    same here as in the extractor and the sampler: ``prior`` is any ``network_prior`` block of a member with a
+    diffusion network (``has_denoiser_option``), or, by default, ``HSpaceExtractor`` with the ADM keys below.
+
     Args:
-        eps_weight: Weight of the ε-space term (0 switches it off, and the decoder is not run).
+        eps_weight: Weight of the ε-space term (0 switches it off, and the decoder is not built or run).
         h_weight: Weight of the h-space term (0 switches it off).
         t_range: Inclusive range [t_min, t_max] of the timestep drawn uniformly per sample.
-        unet: ADM preset name or guided-diffusion flags (as HSpaceExtractor). The noise schedule is the preset's
-            (cosine for adm64_cond, else linear) unless the dict's ``noise_schedule`` key overrides it; with
-            ``shared_unet``, the schedule that UNet was built with (``noise_schedule`` attribute, linear if none).
+        unet: ADM preset name or guided-diffusion flags (as HSpaceExtractor, whose schedule rules apply).
         checkpoint: guided-diffusion state dict (e.g. pretrained/256x256_diffusion_uncond.pt).
         random_weights: Allow ``checkpoint: ~`` (random UNet, for tests only).
         init_seed: Seed of those random weights.
+        class_label: ImageNet class id (0-999) for a class-conditional UNet (an error for an unconditional one);
+            default ``DEFAULT_CLASS_LABEL``.
+        num_diffusion_steps: T of the β schedule.
+        beta_start: β_1 of a linear schedule.
+        beta_end: β_T of a linear schedule.
+        prior: Instead of the ADM keys: a ``network_prior``-style block of any member with a diffusion network
+            (e.g. ``{type: DiffusersUNetExtractor, diffusers: ...}``).
         use_checkpoint: Gradient checkpointing inside the UNet (less activation memory, one more forward).
         dtype: 'fp32' or 'bf16' (autocast for the UNet pass; the loss itself stays fp32).
-        num_diffusion_steps: T of the β schedule.
         loss_weight: Overall factor (basicsr convention), applied to both terms.
-        class_label: ImageNet class id (0-999) for a class-conditional UNet (an error for an unconditional one).
-            Default: the label of the prior sharing its UNet (``class_label`` attribute), else
-            ``DEFAULT_CLASS_LABEL`` (see HSpaceExtractor).
-        shared_unet: An already loaded frozen UNet to use instead of building one (DiffLI2DModel passes its
-            prior's, so that the weights exist once per process). Not a YAML key.
+        shared_prior: An already built frozen prior to use instead of building one (DiffLI2DModel passes its own
+            when both name the same network, so that the weights exist once per process). Not a YAML key.
     """
+
+    network_keys = (*_ADM_KEYS, 'prior')  # the options that choose the network (see ``prior_block``)
 
     def __init__(
         self,
@@ -63,68 +73,78 @@ class DiffLoss(nn.Module):
         checkpoint: str | None = None,
         random_weights: bool = False,
         init_seed: int = 0,
+        class_label: int | None = None,
+        num_diffusion_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        prior: dict | None = None,
         use_checkpoint: bool = False,
         dtype: str = 'fp32',
-        num_diffusion_steps: int = 1000,
         loss_weight: float = 1.0,
-        class_label: int | None = None,
-        shared_unet: ADMUNet | None = None,
+        shared_prior: GuidanceExtractor | None = None,
     ) -> None:
         super().__init__()
         if eps_weight < 0 or h_weight < 0 or eps_weight == h_weight == 0:
             raise ValueError(f'DiffLoss: eps_weight and h_weight must be >= 0 and not both 0, got {eps_weight}, '
                              f'{h_weight}')
-        t_min, t_max = (int(v) for v in t_range)
-        if not 0 <= t_min <= t_max < num_diffusion_steps:
-            raise ValueError(f'DiffLoss: t_range must satisfy 0 <= t_min <= t_max < {num_diffusion_steps}, '
-                             f'got {list(t_range)}')
         if dtype not in _DTYPES:
             raise ValueError(f'DiffLoss: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}')
         self.eps_weight, self.h_weight = eps_weight * loss_weight, h_weight * loss_weight
-        self.t_min, self.t_max, self.dtype = t_min, t_max, _DTYPES[dtype]
-        if shared_unet is None:
-            if checkpoint is None and not random_weights:
-                raise ValueError('DiffLoss: set checkpoint (pretrained/256x256_diffusion_uncond.pt, see README) '
-                                 'or, for tests only, random_weights: true')
-            schedule = adm_noise_schedule(unet)
-            self.class_label = resolve_class_label('DiffLoss', unet, class_label)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                shared_unet = ADMUNet(**adm_flags(unet), encoder_only=eps_weight == 0)
-            if checkpoint is not None:
-                load_adm_checkpoint(shared_unet, checkpoint, schedule)
-        else:
-            schedule = getattr(shared_unet, 'noise_schedule', 'linear')
-            if class_label is None:
-                class_label = getattr(shared_unet, 'class_label', None)
-            self.class_label = resolve_class_label('DiffLoss', {'class_cond': shared_unet.num_classes is not None},
-                                                   class_label)
-        if eps_weight and shared_unet.encoder_only:
-            raise ValueError('DiffLoss: the ε term needs the full UNet, but the shared one is encoder-only')
-        # NOTE: a list, not a submodule, so a shared UNet is neither saved again nor moved twice with this loss
-        self._unet = [shared_unet.eval().requires_grad_(False)]
+        self.dtype = _DTYPES[dtype]
+        if shared_prior is None:
+            block = self.prior_block(dict(unet=unet, checkpoint=checkpoint, random_weights=random_weights,
+                                          init_seed=init_seed, class_label=class_label, prior=prior,
+                                          num_diffusion_steps=num_diffusion_steps, beta_start=beta_start,
+                                          beta_end=beta_end))
+            shared_prior = build_prior(with_denoiser(block, 'train.diff_opt.prior') if eps_weight else block,
+                                       'train.diff_opt.prior')
+        if not shared_prior.has_denoiser_option:
+            raise ValueError(f'DiffLoss: {type(shared_prior).__name__} has no diffusion network (no ε prediction, no '
+                             'h-space); use a diffusion prior such as HSpaceExtractor')
+        if eps_weight and not shared_prior.has_denoiser:
+            raise ValueError('DiffLoss: the ε term needs the full diffusion network, but the shared prior has only '
+                             'its encoder')
+        t_min, t_max = (int(v) for v in t_range)
+        steps = len(shared_prior.alphas_cumprod)
+        if not 0 <= t_min <= t_max < steps:
+            raise ValueError(f'DiffLoss: t_range must satisfy 0 <= t_min <= t_max < {steps}, got {list(t_range)}')
+        self.t_min, self.t_max = t_min, t_max
+        # NOTE: a list, not a submodule, so a shared prior is neither saved again nor moved twice with this loss
+        self._prior = [shared_prior]
         if use_checkpoint:
-            for module in shared_unet.modules():
+            for module in shared_prior.modules():
                 if hasattr(module, 'use_checkpoint'):
                     module.use_checkpoint = True
-        self.register_buffer('alphas_cumprod', named_alphas_cumprod(schedule, num_diffusion_steps), persistent=False)
+
+    @staticmethod
+    def prior_block(options: dict) -> dict:
+        """The ``network_prior``-style block of DiffLoss's options (``prior``, or HSpaceExtractor with the ADM keys):
+        what it builds, and what DiffLI2DModel compares with its own prior to share one copy."""
+        if options.get('prior') is not None:
+            return dict(options['prior'])
+        defaults = {'unet': 'adm256_uncond', 'random_weights': False, 'init_seed': 0, 'num_diffusion_steps': 1000,
+                    'beta_start': 1e-4, 'beta_end': 0.02}
+        block = {k: options.get(k, defaults.get(k)) for k in _ADM_KEYS}
+        return {'type': 'HSpaceExtractor', **{k: v for k, v in block.items() if v is not None}}
 
     @property
-    def unet(self) -> ADMUNet:
-        return self._unet[0]
+    def prior(self) -> GuidanceExtractor:
+        return self._prior[0]
 
-    def _apply(self, fn, recurse=True):  # .to()/.cuda() move the (unregistered) UNet too
-        self._unet[0]._apply(fn, recurse)
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The prior's own ᾱ_t: the schedule its network was trained with."""
+        return self.prior.alphas_cumprod
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda() move the (unregistered) prior too
+        self._prior[0]._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
     def _unet_pass(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(ε̂ or None, h) in float32 for noised images x_t; the decoder runs only when the ε term is on."""
-        y = class_labels(self.class_label, x_t.shape[0], x_t.device)
         with autocast(x_t.device.type, self.dtype):  # fp32: an enclosing autocast stays in force
-            if self.eps_weight:
-                out, h = self.unet.forward_with_hspace(x_t, t, *y)
-                return out[:, :3].float(), h.float()  # with learn_sigma the other 3 channels are the variance
-            return None, self.unet.forward_hspace(x_t, t, *y).float()
+            eps, h = self.prior.diffusion_pass(x_t, t, with_eps=bool(self.eps_weight))
+        return (None if eps is None else eps.float()), h.float()
 
     def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(l_eps, l_h) for (B, 3, H, W) images in [0, 1]; a term is None when its weight is 0.
@@ -135,7 +155,7 @@ class DiffLoss(nn.Module):
         fraction of their stride x stride area that lies inside the image.
         """
         b, _, height, width = restored.shape
-        stride = self.unet.downsample_factor
+        stride = self.prior.denoiser_multiple
         t = torch.randint(self.t_min, self.t_max + 1, (b,), device=restored.device)
         padded = pad_to_multiple(restored, stride)
         noise = torch.randn_like(padded)

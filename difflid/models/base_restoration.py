@@ -3,7 +3,6 @@ checkpoints that also record the network options (so tools/infer.py can rebuild 
 guard, more optimizers, option checks at start-up, set-level metrics (FID), and test reports
 (per-image CSV, mean table, side-by-side sheets). difflid's other models build on it; registered, it
 also serves stock basicsr networks and the DCP baseline."""
-import inspect
 import os
 from os import path as osp
 
@@ -19,8 +18,9 @@ from tqdm import tqdm
 
 from difflid.metrics import FLOAT_METRICS, SET_METRICS, float_image, require_metric_weights
 from difflid.reports import mean_table, write_means, write_metric_csv, write_sheet
-from difflid.utils.basicsr_entry import OptionError, data_parallel_message
 from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
+from difflid.utils.errors import OptionError, data_parallel_message
+from difflid.utils.options import option_names
 from difflid.utils.paths import absolute_paths
 
 __all__ = ['ImageRestorationModel', 'RestorationModel', 'check_arch_options']
@@ -35,12 +35,12 @@ def check_arch_options(block_name: str, block: dict, registry=ARCH_REGISTRY) -> 
     if block['type'] not in registry:
         raise KeyError(f"{block_name}.type: nothing named {block['type']!r} is registered; "
                        f'registered: {sorted(registry.keys())}')
-    params = inspect.signature(registry.get(block['type'])).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    names = option_names(registry.get(block['type']))
+    if names is None:
         return
-    unknown = sorted(set(block) - {'type'} - set(params))
+    unknown = sorted(set(block) - {'type'} - names)
     if unknown:
-        raise KeyError(f'{block_name}: unknown option(s) {unknown} for {block["type"]}; valid: {sorted(params)}')
+        raise KeyError(f'{block_name}: unknown option(s) {unknown} for {block["type"]}; valid: {sorted(names)}')
 
 
 class RestorationModel(SRModel):

@@ -24,7 +24,6 @@ import math
 from pathlib import Path
 
 import torch
-from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
@@ -32,8 +31,8 @@ from torch import nn
 from difflid.inference import restore
 from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.base_restoration import RestorationModel, check_arch_options
-from difflid.priors.adm_unet_arch import adm_flags
 from difflid.priors.base import GuidanceExtractor
+from difflid.priors.builder import build_prior, prior_class, same_network, with_denoiser
 from difflid.priors.cache import CachedGuidance, prior_cache_key
 from difflid.utils.tiling import check_tiling
 
@@ -59,12 +58,9 @@ class DiffLI2DModel(RestorationModel):
         diff_opt = (opt.get('train') or {}).get('diff_opt') if opt['is_train'] else None
         prior_opt = dict(opt['network_prior'])
         if self._shares_prior(diff_opt) and diff_opt.get('eps_weight', 1e-3):
-            prior_opt['encoder_only'] = False  # DiffLoss's ε term needs the decoder too
+            prior_opt = with_denoiser(prior_opt)  # DiffLoss's ε term needs the whole network
         device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
-        self.prior: GuidanceExtractor = build_network(prior_opt).to(device)
-        if not isinstance(self.prior, GuidanceExtractor):
-            raise KeyError(f"network_prior.type must be a feature source (a GuidanceExtractor such as "
-                           f"HSpaceExtractor), got {opt['network_prior']['type']!r}")
+        self.prior: GuidanceExtractor = build_prior(prior_opt).to(device)
         # stamped now, when the weights are loaded; the cache itself is built at the first validation
         self._prior_cache_key = prior_cache_key(prior_opt, device, self.prior.dtype) if self.cache_prior else None
         self.prior_cache: CachedGuidance | None = None
@@ -102,23 +98,20 @@ class DiffLI2DModel(RestorationModel):
         return self.restore(self.net_g, self.lq, fresh_noise=self.fresh_prior_noise)
 
     def build_diff_loss(self, diff_opt: dict) -> nn.Module:
-        """DiffLoss on the prior's own UNet when both name the same weights: one copy per process."""
+        """DiffLoss on the prior's own network when both name the same one: one copy of the weights per process."""
         if not self._shares_prior(diff_opt):
             return super().build_diff_loss(diff_opt)
-        diff_opt.pop('type')
-        for key in ('unet', 'checkpoint', 'random_weights', 'init_seed'):
-            diff_opt.pop(key, None)
-        get_root_logger().info('DiffLoss uses the frozen prior\'s UNet (one copy of the weights)')
-        return DiffLoss(**diff_opt, shared_unet=self.prior.unet).to(self.device)
+        loss_opt = {k: v for k, v in diff_opt.items() if k != 'type' and k not in DiffLoss.network_keys}
+        get_root_logger().info('DiffLoss uses the frozen prior\'s network (one copy of the weights)')
+        return DiffLoss(**loss_opt, shared_prior=self.prior).to(self.device)
 
     def _shares_prior(self, diff_opt: dict | None) -> bool:
-        if not diff_opt or diff_opt.get('type') != 'DiffLoss' or self.opt['network_prior']['type'] != 'HSpaceExtractor':
+        """Whether ``train.diff_opt`` is a DiffLoss on the very network of ``network_prior`` (same weights, same
+        schedule), which the prior can run whole (``has_denoiser_option``)."""
+        if not diff_opt or diff_opt.get('type') != 'DiffLoss':
             return False
         prior = self.opt['network_prior']
-        same = [adm_flags(diff_opt.get('unet', 'adm256_uncond')) == adm_flags(prior.get('unet', 'adm256_uncond'))]
-        same += [diff_opt.get(k, d) == prior.get(k, d) for k, d in (('checkpoint', None), ('random_weights', False),
-                                                                    ('init_seed', 0))]
-        return all(same)
+        return prior_class(prior).has_denoiser_option and same_network(DiffLoss.prior_block(diff_opt), prior)
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> None:
         """RestorationModel's, then the prior cache's counts in the log (the first validation fills it)."""

@@ -6,7 +6,8 @@ code's UNet output in its Table 3 and in ``official_code.md`` §1.3. Every membe
 tap": it implements ``_features(x_t, t)`` and the two properties ``feature_channels`` and
 ``downsample_factor``. The base owns everything they share, once:
 
-- the input: images in [0, 1], reflect-padded to the stride, mapped to [-1, 1] and noised to
+- the input: images in [0, 1], reflect-padded to ``input_multiple`` (the stride, or the network's own factor when
+  larger), mapped to [-1, 1] and noised to
   x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε at each timestep (linear β schedule, T steps), all timesteps in one
   batched pass;
 - the noise: seeded and indexed by absolute pixel position (``difflid.priors.noise``), so features are
@@ -20,81 +21,118 @@ tap": it implements ``_features(x_t, t)`` and the two properties ``feature_chann
 ``guidance(img)`` returns the pair (f_cim, f_hae) that ``DiffLI2D(x, f_cim, f_hae)`` takes. Each map is
 (B, feature_channels, ceil(H/s), ceil(W/s)) float32 with s = ``downsample_factor``.
 """
+import difflib
 from collections.abc import Callable, Sequence
+from typing import TypedDict, Unpack
 
 import torch
 from torch import nn
 
 from difflid.priors.noise import position_noise
 from difflid.priors.schedules import linear_alphas_cumprod, q_sample, to_diffusion_range
+from difflid.utils.options import option_defaults
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import PRECISIONS, component_autocast, resolve_channels_last, resolve_dtype
 
-__all__ = ['GuidanceExtractor', 'Origin']
+__all__ = ['PRIOR_DEFAULTS', 'GuidanceExtractor', 'Origin', 'PriorOptions']
 
 # (top, left) of an image in the whole image it was cut from, or one such pair per image of a batch
 Origin = tuple[int, int] | Sequence[tuple[int, int]]
+
+
+class PriorOptions(TypedDict, total=False):
+    """The options every feature source takes besides its own (``network_prior`` keys; defaults in
+    ``PRIOR_DEFAULTS``), declared once here and read by option checks through ``difflid.utils.options.option_names``.
+
+    timesteps: Integer timesteps in [0, T) at which the input is noised; the first two feed CIM and HAE (paper:
+        t1=0 content, t2=500 haze). More are allowed (analysis).
+    num_diffusion_steps: T of the β schedule (a member's network may bring its own schedule and T).
+    beta_start, beta_end: β_1 and β_T of the linear schedule (for T=1000); unused by a cosine one.
+    seed: Seed of the fixed noise, a function of (seed, t, channel, y, x) in absolute image coordinates, so the same
+        image gives the same features on every call, in any batch position, on any device, and a tile or crop is
+        noised exactly as the same window of the whole image.
+    dtype: 'auto' (bf16 autocast when the input is on a CUDA GPU with bf16, else fp32; an enclosing autocast is left
+        in force), 'fp32', 'bf16' or 'fp16': autocast for the network. One default for every member, so tables that
+        compare members compare them at one precision.
+    channels_last: Convert the network's 4-D weights and the noised input to channels_last. None (default): on CUDA,
+        for members whose network accepts channels_last tensors (``supports_channels_last``), else off.
+    compile: ``torch.compile`` the member's ``_features`` at the first call (tens of seconds; a new input size may
+        compile again).
+    """
+
+    timesteps: Sequence[int]
+    num_diffusion_steps: int
+    beta_start: float
+    beta_end: float
+    seed: int
+    dtype: str
+    channels_last: bool | None
+    compile: bool
+
+
+PRIOR_DEFAULTS: PriorOptions = {'timesteps': (0, 500), 'num_diffusion_steps': 1000, 'beta_start': 1e-4,
+                                'beta_end': 0.02, 'seed': 0, 'dtype': 'auto', 'channels_last': None, 'compile': False}
 
 
 class GuidanceExtractor(nn.Module):
     """Frozen source of DiffLI²D's two guidance feature maps (see the module docstring).
 
     Args:
-        timesteps: Integer timesteps in [0, num_diffusion_steps) at which the input is noised; the first
-            two feed CIM and HAE (paper: t1=0 content, t2=500 haze). More are allowed (analysis).
-        num_diffusion_steps: T of the linear β schedule.
-        beta_start: β_1 of the linear schedule (for T=1000).
-        beta_end: β_T of the linear schedule (for T=1000).
-        seed: Seed of the fixed noise, a function of (seed, t, channel, y, x) in absolute coordinates.
-        dtype: 'auto' (bf16 autocast when the input is on a CUDA GPU, fp32 on the CPU; an enclosing autocast is
-            left in force), 'fp32', 'bf16' or 'fp16': autocast for the network.
-        channels_last: Convert the network's 4-D weights and the noised input to channels_last before the
-            network runs. None: on CUDA only. Off by default here, because a member's network must be known
-            to accept channels_last tensors (a ``.view`` on them fails); members known to do so opt in
-            (``HSpaceExtractor``).
-        compile: ``torch.compile`` the member's ``_features`` at the first call (compiling takes tens of seconds;
-            a new input size may compile again).
+        **options: ``PriorOptions`` (timesteps, schedule, seed, dtype, channels_last, compile); an unknown key is an
+            error naming it and the closest valid one.
     """
 
-    # Capabilities of a member, read by its consumers instead of its class name. ``has_denoiser_option``: the member
-    # can keep its full ε-prediction network (``denoiser_options()`` are the keys that ask for it), so DiffLoss's ε
-    # term and DDIM sampling can use it.
+    # Capabilities of a member, read by its consumers instead of its class name.
+    # has_denoiser_option: the member can keep its full ε-prediction network (``denoiser_options()`` are the keys
+    # that ask for it), so DiffLoss's ε term and DDIM sampling can use it (``diffusion_pass``).
     has_denoiser_option: bool = False
+    # supports_channels_last: the member's network accepts channels_last tensors (no ``.view`` on them).
+    supports_channels_last: bool = False
+    # native_size: the resolution a diffusion network was trained at (the default size of samples); 0 for none.
+    native_size: int = 0
+
+    # Options that choose what the member computes from its network (tap, precision, noise), not which network it runs
+    # with which schedule: two blocks that differ only in these can share one copy of the weights.
+    tap_options: tuple[str, ...] = ('timesteps', 'seed', 'dtype', 'channels_last', 'compile')
 
     @classmethod
     def denoiser_options(cls) -> dict:
         """The option keys that make the member keep its full ε-prediction network (see ``has_denoiser_option``)."""
         return {}
 
-    def __init__(
-        self,
-        timesteps: Sequence[int] = (0, 500),
-        num_diffusion_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        seed: int = 0,
-        dtype: str = 'auto',
-        channels_last: bool | None = False,
-        compile: bool = False,
-    ) -> None:
+    @classmethod
+    def network_identity(cls, block: dict) -> dict:
+        """What identifies the network (weights and noise schedule) that an option block of this member builds:
+        the block with its defaults filled in, without ``type`` and the ``tap_options``."""
+        full = {**option_defaults(cls, dict(PRIOR_DEFAULTS)), **block}
+        return {k: v for k, v in full.items() if k != 'type' and k not in cls.tap_options}
+
+    def __init__(self, **options: Unpack[PriorOptions]) -> None:
         super().__init__()
         name = type(self).__name__
-        self.num_diffusion_steps = num_diffusion_steps
-        self.timesteps = self.check_timesteps(timesteps)
-        if dtype not in PRECISIONS:
-            raise ValueError(f'{name}: dtype must be one of {list(PRECISIONS)}, got {dtype!r}')
+        unknown = sorted(set(options) - set(PRIOR_DEFAULTS))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], PRIOR_DEFAULTS, n=1)
+            hint = f' (did you mean {close[0]}?)' if close else ''
+            raise TypeError(f'{name}: unknown option {unknown[0]!r}{hint}')
+        opt = {**PRIOR_DEFAULTS, **options}
+        self.num_diffusion_steps = opt['num_diffusion_steps']
+        self.timesteps = self.check_timesteps(opt['timesteps'])
+        if opt['dtype'] not in PRECISIONS:
+            raise ValueError(f'{name}: dtype must be one of {list(PRECISIONS)}, got {opt["dtype"]!r}')
+        channels_last, compile = opt['channels_last'], opt['compile']
         if channels_last is not None and not isinstance(channels_last, bool):
             raise ValueError(f'{name}: channels_last must be true, false or ~ (on CUDA only), got {channels_last!r}')
         if not isinstance(compile, bool):
             raise ValueError(f'{name}: compile must be true or false, got {compile!r}')
-        self.seed = seed
-        self.precision = dtype
-        self.channels_last = channels_last
+        self.seed = opt['seed']
+        self.precision = opt['dtype']
+        self.channels_last = False if channels_last is None and not self.supports_channels_last else channels_last
         self.compile_features = compile
         self._compiled_features = None
         self._weights_format = torch.contiguous_format
-        self.register_buffer('alphas_cumprod', linear_alphas_cumprod(num_diffusion_steps, beta_start, beta_end),
-                             persistent=False)
+        self.register_buffer('alphas_cumprod', linear_alphas_cumprod(self.num_diffusion_steps, opt['beta_start'],
+                                                                     opt['beta_end']), persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -134,8 +172,41 @@ class GuidanceExtractor(nn.Module):
         """Spatial stride of the guidance maps (DiffLI2D's ``h_stride``); inputs are padded to a multiple of it."""
         raise NotImplementedError
 
+    @property
+    def has_denoiser(self) -> bool:
+        """Whether this instance holds its full ε-prediction network (a member with ``has_denoiser_option`` built
+        with ``denoiser_options()``): what DiffLoss's ε term and sampling need."""
+        return False
+
+    @property
+    def denoiser_multiple(self) -> int:
+        """H and W of ``diffusion_pass``'s input must be multiples of this (the full network's down-sampling)."""
+        return self.input_multiple
+
+    def diffusion_pass(self, x_t: torch.Tensor, t: torch.Tensor,
+                       with_eps: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(ε̂, h) of the member's diffusion network for noised images x_t in [-1, 1] (N, 3, H, W), H and W multiples
+        of ``denoiser_multiple``, at integer timesteps t (N,): the predicted noise (N, 3, H, W), converted to ε from
+        the network's own parameterisation, or None without ``with_eps`` (the decoder is then not run), and the
+        h-space (the middle block's output). No autocast and no ``no_grad`` here: DiffLoss back-propagates through
+        it. Members without a diffusion network (``has_denoiser_option`` false) raise ValueError."""
+        raise ValueError(f'{type(self).__name__} has no diffusion network (no ε prediction, no h-space): DiffLoss and '
+                         'sampling need a diffusion prior such as HSpaceExtractor')
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε̂ of ``diffusion_pass`` alone (the sampler's network)."""
+        return self.diffusion_pass(x_t, t)[0]
+
+    @property
+    def input_multiple(self) -> int:
+        """H and W of the noised input the member's network needs to be multiples of: the stride, or more when the
+        network down-samples further than its tap (a decoder block, the full UNet's output). The base reflect-pads the
+        clean image to it *before* noising, so every padded cell gets its own position's noise (never mirrored noise)
+        and a tile sees its window of the whole image's x_t whatever the tap."""
+        return self.downsample_factor
+
     def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The member's tap: (N, 3, H, W) noised images in [-1, 1] (H, W multiples of the stride) and their
+        """The member's tap: (N, 3, H, W) noised images in [-1, 1] (H, W multiples of ``input_multiple``) and their
         integer timesteps (N,) -> (N, feature_channels, H/s, W/s). Runs under the extractor's autocast."""
         raise NotImplementedError
 
@@ -187,7 +258,8 @@ class GuidanceExtractor(nn.Module):
         if img.ndim != 4 or img.shape[1] != 3:
             raise ValueError(f'{type(self).__name__} expects (B, 3, H, W) images, got shape {tuple(img.shape)}')
         unique = list(dict.fromkeys(self.timesteps if timesteps is None else self.check_timesteps(timesteps)))
-        x0 = to_diffusion_range(pad_to_multiple(img.float(), self.downsample_factor))
+        stride, height, width = self.downsample_factor, img.shape[-2], img.shape[-1]
+        x0 = to_diffusion_range(pad_to_multiple(img.float(), self.input_multiple))
         b = x0.shape[0]
         eps = self.noise(tuple(x0.shape[1:]), b, x0.device, fresh_noise, origin, unique)
         t = torch.tensor(unique, device=x0.device).repeat_interleave(b)
@@ -195,6 +267,7 @@ class GuidanceExtractor(nn.Module):
         x_t = x_t.contiguous(memory_format=self._memory_format(x_t.device))
         with component_autocast(self.precision, x_t.device):
             feats = self._feature_function()(x_t, t)
+        feats = feats[..., :-(-height // stride), :-(-width // stride)]  # the cells of the image padded to the stride
         return dict(zip(unique, feats.float().contiguous().split(b), strict=True))
 
     def _memory_format(self, device: torch.device) -> torch.memory_format:

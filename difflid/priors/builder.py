@@ -12,13 +12,14 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from difflid.priors.base import GuidanceExtractor
 
-__all__ = ['build_prior', 'control_options', 'prior_class', 'with_denoiser']
+__all__ = ['build_prior', 'control_options', 'prior_class', 'same_network', 'with_denoiser']
 
 
 def prior_class(block: dict, key: str = 'network_prior') -> type[GuidanceExtractor]:
-    """The registered feature-source class that ``block['type']`` names; one error naming ``key`` otherwise."""
+    """The registered feature-source class that ``block['type']`` names; one KeyError naming ``key`` otherwise (as
+    for any unregistered ``type``)."""
     if not isinstance(block, dict) or 'type' not in block:
-        raise ValueError(f'{key} must be a block with a `type` (a feature source such as HSpaceExtractor), got '
+        raise KeyError(f'{key} must be a block with a `type` (a feature source such as HSpaceExtractor), got '
                          f'{block!r}')
     name = block['type']
     try:
@@ -28,7 +29,7 @@ def prior_class(block: dict, key: str = 'network_prior') -> type[GuidanceExtract
     if not (isinstance(cls, type) and issubclass(cls, GuidanceExtractor)):
         members = sorted(n for n, c in ARCH_REGISTRY._obj_map.items()
                          if isinstance(c, type) and issubclass(c, GuidanceExtractor))
-        raise ValueError(f'{key}.type {name!r} is not a feature source; choose one of {", ".join(members)}')
+        raise KeyError(f'{key}.type {name!r} is not a feature source; choose one of {", ".join(members)}')
     return cls
 
 
@@ -59,3 +60,9 @@ def control_options(block: dict, draw: int = 0) -> dict:
     control = {k: v for k, v in block.items() if k != 'checkpoint'}
     control.update(random_weights=True, init_seed=int(block.get('init_seed', 0)) + 1 + int(draw))
     return control
+
+
+def same_network(a: dict, b: dict) -> bool:
+    """Whether two option blocks build the same network with the same noise schedule (``network_identity``): then
+    one copy serves both (DiffLI2DModel's prior and its DiffLoss)."""
+    return a.get('type') == b.get('type') and prior_class(a).network_identity(a) == prior_class(b).network_identity(b)

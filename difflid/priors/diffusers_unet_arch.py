@@ -15,14 +15,14 @@ dependency (``pip install -e ".[diffusers]"``), imported only when this extracto
 """
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from difflid.priors.base import GuidanceExtractor
-from difflid.priors.schedules import named_alphas_cumprod
+from difflid.priors.base import PRIOR_DEFAULTS, GuidanceExtractor, PriorOptions
+from difflid.priors.schedules import PREDICTION_TYPES, epsilon_from_prediction, named_alphas_cumprod
 from difflid.utils.checkpoint_io import network_state, package_path
 
 __all__ = ['DiffusersUNetExtractor', 'find_scheduler_config', 'import_diffusers', 'load_diffusers_prior',
@@ -107,11 +107,14 @@ def load_trained_unet(unet: torch.nn.Module, path: str | Path) -> str | None:
 
 def load_diffusers_prior(diffusers: str | None, config: dict | None, checkpoint: str | None, random_weights: bool,
                          init_seed: int, noise_schedule: str = 'linear', num_diffusion_steps: int = 1000,
-                         beta_start: float = 1e-4, beta_end: float = 0.02) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The whole ``UNet2DModel`` of a diffusers prior and its ᾱ_t (float64, (T,)), from the options of
-    ``DiffusersUNetExtractor`` (see there); the extractor keeps its encoder, ``tools/sample_prior.py`` all of it.
+                         beta_start: float = 1e-4, beta_end: float = 0.02,
+                         prediction_type: str | None = None) -> tuple[torch.nn.Module, torch.Tensor, str]:
+    """The whole ``UNet2DModel`` of a diffusers prior, its ᾱ_t (float64, (T,)) and what its output predicts
+    (``PREDICTION_TYPES``), from the options of ``DiffusersUNetExtractor`` (see there).
 
-    ᾱ_t comes from the folder's scheduler config when there is one, else from ``noise_schedule``.
+    ᾱ_t comes from the folder's scheduler config when there is one, else from ``noise_schedule``; the prediction type
+    from ``prediction_type`` when given (it must then agree with the scheduler config's), else from the scheduler
+    config, else 'epsilon' (what ``DiffusionPriorModel`` trains).
     """
     if diffusers is None and not ((random_weights or checkpoint) and config is not None):
         raise ValueError('DiffusersUNetExtractor: no network_prior.diffusers folder given (a UNet2DModel '
@@ -129,6 +132,7 @@ def load_diffusers_prior(diffusers: str | None, config: dict | None, checkpoint:
     else:
         alphas_cumprod = scheduler_alphas_cumprod(scheduler_file)
         logger.info(f'DiffusersUNetExtractor: ᾱ_t from {scheduler_file} (T={len(alphas_cumprod)})')
+    prediction_type = _prediction_type(scheduler_file, prediction_type)
     if random_weights or checkpoint is not None:
         kwargs = dict(config) if config is not None else library.UNet2DModel.load_config(folder,
                                                                                       local_files_only=True)
@@ -150,7 +154,22 @@ def load_diffusers_prior(diffusers: str | None, config: dict | None, checkpoint:
                                     f'{", ".join(_WEIGHT_FILES[:2])}, as save_pretrained writes)')
         unet = library.UNet2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
         logger.info(f'DiffusersUNetExtractor: loaded UNet2DModel from {folder}')
-    return unet, alphas_cumprod
+    return unet, alphas_cumprod, prediction_type
+
+
+def _prediction_type(scheduler_file: Path | None, option: str | None) -> str:
+    """The network's output type: the option, the scheduler config's ``prediction_type`` or 'epsilon'; an error when
+    the two disagree or the value is unknown (a v- or x0-model read as ε would give silent garbage)."""
+    configured = None if scheduler_file is None else json.loads(scheduler_file.read_text()).get('prediction_type')
+    if option is not None and configured is not None and option != configured:
+        raise ValueError(f'DiffusersUNetExtractor: network_prior.prediction_type is {option!r}, but {scheduler_file} '
+                         f'says {configured!r}; remove the option or make them agree')
+    prediction_type = option or configured or 'epsilon'
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f'DiffusersUNetExtractor: prediction_type {prediction_type!r} '
+                         f'({scheduler_file or "network_prior.prediction_type"}) is not supported; supported: '
+                         f'{", ".join(PREDICTION_TYPES)}')
+    return prediction_type
 
 
 def unet_downsample_factor(unet: torch.nn.Module) -> int:
@@ -166,13 +185,6 @@ class DiffusersUNetExtractor(GuidanceExtractor):
     Args:
         diffusers: Folder of a ``UNet2DModel`` saved with ``save_pretrained`` (config.json and weights), or of a
             pipeline with ``unet/`` (and ``scheduler/``). Loaded with ``local_files_only``: never a download.
-        timesteps: Integer timesteps in [0, T) with T the scheduler's ``num_train_timesteps`` (or
-            ``num_diffusion_steps`` without a scheduler config); paper: t1=0 (content), t2=500 (haze).
-        num_diffusion_steps: T of the base's linear β schedule, used only when the folder has no scheduler config.
-        beta_start: β_1 of that linear schedule.
-        beta_end: β_T of that linear schedule.
-        seed: Seed of the fixed position-indexed noise (the base's).
-        dtype: 'fp32', 'bf16' or 'fp16' autocast for the UNet.
         random_weights: Random weights instead of the folder's (tests and demos only; also the random control of
             ``control_options``): the architecture comes from ``config`` or else from the folder's config.json.
         init_seed: Seed of the random weights.
@@ -183,34 +195,49 @@ class DiffusersUNetExtractor(GuidanceExtractor):
             training's ``network_g.config``) or of the folder.
         noise_schedule: 'linear' or 'cosine': the schedule when no scheduler config is found (a trained checkpoint
             records its own, which must agree).
+        prediction_type: What the UNet's output is: 'epsilon', 'v_prediction' or 'sample' (x_0). Default: the
+            scheduler config's, else 'epsilon'. DiffLoss and sampling convert it to ε.
+        keep_decoder: Keep the up blocks (the whole network: DiffLoss's ε term, sampling). Default: only the encoder
+            and middle block, which is all the features need.
+        **options: ``PriorOptions``; the timesteps are checked against T of the scheduler config when there is one
+            (``num_diffusion_steps``, ``beta_start`` and ``beta_end`` then go unused).
     """
+
+    has_denoiser_option = True
+    tap_options = (*GuidanceExtractor.tap_options, 'keep_decoder')
+
+    @classmethod
+    def denoiser_options(cls) -> dict:
+        return {'keep_decoder': True}
 
     def __init__(
         self,
         diffusers: str | None = None,
-        timesteps: Sequence[int] = (0, 500),
-        num_diffusion_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        seed: int = 0,
-        dtype: str = 'fp32',
         random_weights: bool = False,
         init_seed: int = 0,
         config: dict | None = None,
         checkpoint: str | None = None,
         noise_schedule: str = 'linear',
+        prediction_type: str | None = None,
+        keep_decoder: bool = False,
+        **options: Unpack[PriorOptions],
     ) -> None:
-        super().__init__([0], num_diffusion_steps, beta_start, beta_end, seed, dtype)
-        unet, alphas_cumprod = load_diffusers_prior(diffusers, config, checkpoint, random_weights, init_seed,
-                                                    noise_schedule, num_diffusion_steps, beta_start, beta_end)
+        super().__init__(**{**options, 'timesteps': [0]})
+        betas = (options.get(k, PRIOR_DEFAULTS[k]) for k in ('beta_start', 'beta_end'))
+        unet, alphas_cumprod, self.prediction_type = load_diffusers_prior(
+            diffusers, config, checkpoint, random_weights, init_seed, noise_schedule, self.num_diffusion_steps, *betas,
+            prediction_type)
         # the schedule first: timesteps are checked against the scheduler's T, not the linear default's
         self.set_schedule(alphas_cumprod)
-        self.timesteps = self.check_timesteps(timesteps)
+        self.timesteps = self.check_timesteps(options.get('timesteps', PRIOR_DEFAULTS['timesteps']))
         self._check_supported(unet, diffusers)
-        # the decoder is never run: drop it (h is the middle block's output)
-        unet.up_blocks = torch.nn.ModuleList()
-        unet.conv_norm_out = unet.conv_act = unet.conv_out = None
+        if not keep_decoder:  # h is the middle block's output: the decoder is not needed
+            unet.up_blocks = torch.nn.ModuleList()
+            unet.conv_norm_out = unet.conv_act = unet.conv_out = None
+        self.keep_decoder = keep_decoder
         self.unet = unet
+        size = unet.config.sample_size
+        self.native_size = int((size[0] if isinstance(size, list | tuple) else size) or 64)
         self.freeze()
 
     @staticmethod
@@ -240,6 +267,26 @@ class DiffusersUNetExtractor(GuidanceExtractor):
     def downsample_factor(self) -> int:
         """The mid block's stride (``unet_downsample_factor``)."""
         return unet_downsample_factor(self.unet)
+
+    @property
+    def has_denoiser(self) -> bool:
+        return self.keep_decoder
+
+    def diffusion_pass(self, x_t: torch.Tensor, t: torch.Tensor,
+                       with_eps: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if not with_eps:
+            return None, self._features(x_t, t)
+        if not self.has_denoiser:
+            raise ValueError('DiffusersUNetExtractor: the ε prediction needs the whole UNet; build it with '
+                             'keep_decoder: true')
+        middle: list[torch.Tensor] = []
+        hook = self.unet.mid_block.register_forward_hook(lambda module, args, out: middle.append(out))
+        try:
+            out = self.unet(x_t, t).sample[:, :3]
+        finally:
+            hook.remove()
+        alpha_bar = self.alphas_cumprod[t].float()[:, None, None, None]
+        return epsilon_from_prediction(out, x_t, alpha_bar, self.prediction_type), middle[0]
 
     def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``UNet2DModel.forward`` up to and including the middle block (its steps 0-4)."""

@@ -12,70 +12,56 @@ and values are H/32·W/32 tokens, as with h-space. ``stride: 1`` gives the relea
 features (and its memory).
 """
 import math
-from collections.abc import Sequence
+from typing import Unpack
 
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch.nn import functional as F
 
-from difflid.priors.base import GuidanceExtractor
-from difflid.priors.hspace_arch import build_adm_unet, class_labels, resolve_class_label, run_padded, use_adm_schedule
+from difflid.priors.adm import ADMFeatureSource
+from difflid.priors.base import PriorOptions
 
 __all__ = ['ReleasedFeatureExtractor']
 
 
 @ARCH_REGISTRY.register()
-class ReleasedFeatureExtractor(GuidanceExtractor):
+class ReleasedFeatureExtractor(ADMFeatureSource):
     """The full ADM UNet's output at ᾱ_t as the timestep (the release's features), average-pooled to ``stride``.
 
     Features are (B, 6, ceil(H/stride), ceil(W/stride)) for learn_sigma models (3 without): every output
     channel, the variance ones included, as the release's ``h_channels: 6``. The full UNet needs H and W
-    divisible by its down-sampling factor (32 for adm256_uncond): the input is reflect-padded to a multiple
-    of both that and ``stride`` and the features are cropped back to the image's grid.
+    divisible by its down-sampling factor (32 for adm256_uncond): the clean image is reflect-padded to a multiple
+    of both that and ``stride`` before noising, and the features are cropped back to the image's grid.
 
     Args:
         unet: Preset name (any key of ``ADM_PRESETS``) or a dict of guided-diffusion flags (as HSpaceExtractor);
             the noise schedule is the preset's unless the dict's ``noise_schedule`` key overrides it.
         checkpoint: Path of the guided-diffusion state dict (e.g. pretrained/256x256_diffusion_uncond.pt).
-        timesteps: Integer timesteps in [0, num_diffusion_steps) at which the image is noised; the UNet is
-            given ᾱ_t instead of t (release: t1=0, t2=500, i.e. 0.9999 and 0.0778).
-        num_diffusion_steps: T of the β schedule.
-        beta_start: β_1 of the linear schedule (for T=1000); unused by a cosine one.
-        beta_end: β_T of the linear schedule (for T=1000); unused by a cosine one.
-        seed: Seed of the fixed, position-indexed noise (the release draws fresh noise on every call;
-            ``fresh_noise`` does that in training).
-        dtype: 'fp32', or 'bf16'/'fp16' autocast for the UNet.
         stride: Average-pooling cell, the features' stride (DiffLI2D's ``h_stride``): 32 by default.
         random_weights: Allow ``checkpoint: ~``: random weights, for tests and demos only.
         init_seed: Seed of those random weights.
         class_label: ImageNet class id (0-999) for a class-conditional UNet, as HSpaceExtractor (default
             ``DEFAULT_CLASS_LABEL``); an error for an unconditional one.
+        **options: ``PriorOptions``; the timesteps are those at which the image is noised, and the UNet is given ᾱ_t
+            instead of t (release: t1=0, t2=500, i.e. 0.9999 and 0.0778). The seeded, position-indexed noise is not
+            the release's (it draws fresh noise on every call; ``fresh_noise`` does that in training).
     """
 
     def __init__(
         self,
         unet: str | dict = 'adm256_uncond',
         checkpoint: str | None = None,
-        timesteps: Sequence[int] = (0, 500),
-        num_diffusion_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        seed: int = 0,
-        dtype: str = 'fp32',
         stride: int = 32,
         random_weights: bool = False,
         init_seed: int = 0,
         class_label: int | None = None,
+        **options: Unpack[PriorOptions],
     ) -> None:
-        super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype)
-        use_adm_schedule(self, unet)
-        self.class_label = resolve_class_label('ReleasedFeatureExtractor', unet, class_label)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f'ReleasedFeatureExtractor: network_prior.stride must be a positive integer (32: '
                              f"DiffLI2D's h_stride), got {stride!r}")
+        super().__init__(unet, checkpoint, random_weights, init_seed, class_label, False, options)
         self.stride = stride
-        self.unet = build_adm_unet('ReleasedFeatureExtractor', unet, checkpoint, random_weights, init_seed,
-                                   encoder_only=False)
         self.freeze()
 
     @property
@@ -88,11 +74,11 @@ class ReleasedFeatureExtractor(GuidanceExtractor):
         """The pooling stride (32 by default)."""
         return self.stride
 
+    @property
+    def input_multiple(self) -> int:
+        """The full UNet needs its own factor (32) and the pooling the stride: their least common multiple."""
+        return math.lcm(self.stride, self.unet.downsample_factor)
+
     def _features(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha_bar = self.alphas_cumprod[t].float()  # the release's timestep argument
-        y = class_labels(self.class_label, x_t.shape[0], x_t.device)
-
-        def pooled_output(x: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool2d(self.unet(x, alpha_bar, *y), self.stride)
-
-        return run_padded(pooled_output, x_t, math.lcm(self.stride, self.unet.downsample_factor), self.stride)
+        return F.avg_pool2d(self.unet(x_t, alpha_bar, *self.labels(x_t)), self.stride)

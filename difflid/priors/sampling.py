@@ -1,10 +1,10 @@
 """Draw images from any diffusion prior difflid can use: the quick look that a prior learned something.
 
-A ``Denoiser`` is the whole ε-prediction network of a prior with its own noise schedule. It is built from
-- a ``network_prior`` block (``HSpaceExtractor``/``ReleasedFeatureExtractor``: an ADM preset or flags with its
-  checkpoint and class label; ``DiffusersUNetExtractor``: a diffusers folder, or a trained config + checkpoint),
-  the decoder included, which the extractors themselves never build;
-- a checkpoint written by ``DiffusionPriorModel`` (it records its network and schedule);
+A ``Denoiser`` is the whole ε-prediction network of a prior with its own noise schedule. It is built by the family's
+one builder (``difflid.priors.builder``) from
+- a ``network_prior`` block of any member with a diffusion network (``has_denoiser_option``: ADM presets or flags
+  with their checkpoint and class label, diffusers folders or trained configs), asked to keep its decoder;
+- a checkpoint written by ``DiffusionPriorModel`` (it records its network and schedule), turned into such a block;
 - an option file holding either (a ``DiffusionPriorModel`` training file: that run's latest checkpoint).
 ``sample_images`` runs the DDIM sampler (``difflid.priors.schedules.ddim_sample``) on it.
 """
@@ -17,18 +17,14 @@ import cv2
 import numpy as np
 import torch
 import yaml
-from basicsr.archs import build_network
 
-from difflid.priors.adm_unet_arch import adm_flags, adm_noise_schedule
-from difflid.priors.hspace_arch import build_adm_unet, class_labels, resolve_class_label
-from difflid.priors.schedules import ddim_sample, named_alphas_cumprod
+from difflid.priors.builder import build_prior, with_denoiser
+from difflid.priors.schedules import ddim_sample
 from difflid.utils.checkpoint_io import atomic_open, network_state, package_path
 from difflid.utils.options import resolve_option_file
 
-__all__ = ['Denoiser', 'denoiser_from_checkpoint', 'denoiser_from_prior', 'load_denoiser', 'sample_images',
-           'write_image_grid']
-
-_ADM_SOURCES = ('HSpaceExtractor', 'ReleasedFeatureExtractor')
+__all__ = ['Denoiser', 'checkpoint_prior_block', 'denoiser_from_checkpoint', 'denoiser_from_prior', 'load_denoiser',
+           'sample_images', 'write_image_grid']
 
 
 @dataclass
@@ -43,66 +39,41 @@ class Denoiser:
     description: str
 
 
-def _adm_denoiser(unet: torch.nn.Module, label: int | None, schedule: str, steps: int, image_size: int,
-                  description: str) -> Denoiser:
-    def network(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unet(x_t, t, *class_labels(label, x_t.shape[0], x_t.device))[:, :3]
-
-    return Denoiser(network, named_alphas_cumprod(schedule, steps), image_size, unet.downsample_factor, unet,
-                    description)
-
-
-def _diffusers_denoiser(unet: torch.nn.Module, alphas_cumprod: torch.Tensor, description: str) -> Denoiser:
-    def network(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unet(x_t, t).sample[:, :3]
-
-    from difflid.priors.diffusers_unet_arch import unet_downsample_factor
-
-    multiple = unet_downsample_factor(unet)
-    size = unet.config.sample_size
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return Denoiser(network, alphas_cumprod, int(size or 64), multiple, unet, description)
-
-
 def denoiser_from_prior(block: dict) -> Denoiser:
-    """The whole network of a ``network_prior`` block (ADM extractors and ``DiffusersUNetExtractor``)."""
-    kind = block.get('type')
-    if kind in _ADM_SOURCES:
-        unet_opt = block.get('unet', 'adm256_uncond')
-        unet = build_adm_unet(kind, unet_opt, block.get('checkpoint'), bool(block.get('random_weights', False)),
-                              int(block.get('init_seed', 0)), encoder_only=False)
-        label = resolve_class_label(kind, unet_opt, block.get('class_label'))
-        return _adm_denoiser(unet, label, adm_noise_schedule(unet_opt), int(block.get('num_diffusion_steps', 1000)),
-                             int(adm_flags(unet_opt).get('image_size', 256)),
-                             f"{kind} {unet_opt if isinstance(unet_opt, str) else 'flags'}, "
-                             f"{block.get('checkpoint') or 'random weights'}")
-    if kind == 'DiffusersUNetExtractor':
-        from difflid.priors.diffusers_unet_arch import load_diffusers_prior
+    """The whole diffusion network of a ``network_prior`` block, built by the family's builder with its decoder."""
+    prior = build_prior(with_denoiser(block))
+    source = block.get('checkpoint') or block.get('diffusers') or ('random weights' if block.get('random_weights')
+                                                                   else 'weights')
+    unet = block.get('unet')
+    name = f" {unet if isinstance(unet, str) else 'flags'}" if unet is not None else ''
+    return Denoiser(prior.denoise, prior.alphas_cumprod, prior.native_size, prior.denoiser_multiple, prior,
+                    f"{block['type']}{name}, {source}")
 
-        keys = ('diffusers', 'config', 'checkpoint', 'random_weights', 'init_seed', 'noise_schedule',
-                'num_diffusion_steps', 'beta_start', 'beta_end')
-        defaults = dict(diffusers=None, config=None, checkpoint=None, random_weights=False, init_seed=0)
-        unet, alphas = load_diffusers_prior(**{**defaults, **{k: block[k] for k in keys if k in block}})
-        return _diffusers_denoiser(unet, alphas, f"diffusers {block.get('diffusers') or block.get('checkpoint')}")
-    raise ValueError(f'network_prior.type {kind!r} has no diffusion network to sample from; sampling works with '
-                     f'{", ".join(_ADM_SOURCES)} and DiffusersUNetExtractor')
+
+def checkpoint_prior_block(path: str | Path) -> dict:
+    """The ``network_prior`` block that loads a ``DiffusionPriorModel`` checkpoint (its network, schedule and T as
+    it records them): what the extractor, DiffLoss and the sampler take for a prior you trained yourself."""
+    path = package_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'prior checkpoint not found: {path.resolve()}')
+    _, record = network_state(torch.load(path, map_location='cpu', weights_only=True))
+    if 'noise_schedule' not in record or 'network_g' not in record:
+        raise ValueError(f'{path} is not a checkpoint of DiffusionPriorModel (it records no network_g and '
+                         'noise_schedule); for another prior, give an option file with its network_prior block')
+    network = {k: v for k, v in record['network_g'].items() if k != 'type'}
+    schedule, steps = record['noise_schedule'], int(record.get('num_diffusion_steps', 1000))
+    if record['network_g']['type'] == 'ADMUNet':
+        return {'type': 'HSpaceExtractor', 'unet': {**network, 'noise_schedule': schedule}, 'checkpoint': str(path),
+                'num_diffusion_steps': steps}
+    return {'type': 'DiffusersUNetExtractor', **network, 'checkpoint': str(path), 'noise_schedule': schedule,
+            'num_diffusion_steps': steps}
 
 
 def denoiser_from_checkpoint(path: str | Path) -> Denoiser:
     """The network of a checkpoint written by ``DiffusionPriorModel`` (EMA weights when present)."""
-    path = package_path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'prior checkpoint not found: {path.resolve()}')
-    state, record = network_state(torch.load(path, map_location='cpu', weights_only=True))
-    if state is None or 'noise_schedule' not in record or 'network_g' not in record:
-        raise ValueError(f'{path} is not a checkpoint of DiffusionPriorModel (it records no network_g and '
-                         'noise_schedule); for another prior, give an option file with its network_prior block')
-    net = build_network(dict(record['network_g']))
-    net.load_state_dict({k.removeprefix('module.'): v for k, v in state.items()}, strict=True)
-    schedule, steps = record['noise_schedule'], int(record.get('num_diffusion_steps', 1000))
-    if record['network_g']['type'] == 'ADMUNet':
-        return _adm_denoiser(net, None, schedule, steps, int(record['network_g'].get('image_size', 256)), str(path))
-    return _diffusers_denoiser(net.unet, named_alphas_cumprod(schedule, steps), str(path))
+    denoiser = denoiser_from_prior(checkpoint_prior_block(path))
+    denoiser.description = str(path)
+    return denoiser
 
 
 def load_denoiser(source: str | Path, root: str | Path) -> Denoiser:

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ['cosine_alphas_cumprod', 'ddim_sample', 'ddim_step', 'ddim_timesteps', 'linear_alphas_cumprod',
-           'named_alphas_cumprod', 'q_sample', 'to_diffusion_range']
+__all__ = ['PREDICTION_TYPES', 'cosine_alphas_cumprod', 'epsilon_from_prediction', 'ddim_sample', 'ddim_step',
+           'ddim_timesteps', 'linear_alphas_cumprod', 'named_alphas_cumprod', 'q_sample', 'to_diffusion_range']
 
 
 def linear_alphas_cumprod(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -56,6 +56,27 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cump
 def to_diffusion_range(img: torch.Tensor) -> torch.Tensor:
     """[0, 1] images (difflid's data range) -> [-1, 1] (the diffusion model's range)."""
     return img * 2 - 1
+
+
+# What a diffusion network's output means (diffusers' ``prediction_type`` names): the noise ε, the velocity
+# v = sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·x_0 (Salimans & Ho, "Progressive Distillation", ICLR 2022, Sec. 4) or x_0 itself.
+PREDICTION_TYPES = ('epsilon', 'v_prediction', 'sample')
+
+
+def epsilon_from_prediction(prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
+                            prediction_type: str) -> torch.Tensor:
+    """ε̂ from a network's output for x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε, with ᾱ_t broadcastable to x_t.
+
+    v-prediction: ε = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·x_t; x_0-prediction: ε = (x_t - sqrt(ᾱ_t)·x_0) / sqrt(1-ᾱ_t).
+    """
+    if prediction_type == 'epsilon':
+        return prediction
+    a = alpha_bar.to(prediction.dtype)
+    if prediction_type == 'v_prediction':
+        return a.sqrt() * prediction + (1 - a).sqrt() * x_t
+    if prediction_type == 'sample':
+        return (x_t - a.sqrt() * prediction) / (1 - a).sqrt()
+    raise ValueError(f'prediction_type must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}')
 
 
 def ddim_timesteps(num_train_steps: int, num_steps: int) -> list[int]:

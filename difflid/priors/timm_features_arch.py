@@ -27,8 +27,9 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Unpack
 from urllib.parse import urlparse
 
 import timm
@@ -36,8 +37,8 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from difflid.priors.base import GuidanceExtractor
-from difflid.priors.hspace_arch import _listing
+from difflid.priors.base import GuidanceExtractor, PriorOptions
+from difflid.utils.checkpoint_io import state_dict_problems
 
 __all__ = ['TimmFeatureExtractor', 'convert_checkpoint', 'find_cached_weights', 'load_used_layers',
            'read_timm_checkpoint']
@@ -179,18 +180,8 @@ def load_used_layers(used: nn.Module, state: dict, known: set[str], path: str | 
     not have at all is an error too; keys of the head and of the pruned layers are ignored.
     """
     expected = used.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state if k not in known]
-    shapes = [f'{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})'
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        problems = []
-        if missing:
-            problems.append(f'missing from the file: {_listing(missing)}')
-        if unexpected:
-            problems.append(f'not in the model: {_listing(unexpected)}')
-        if shapes:
-            problems.append(f'shape mismatch: {_listing(shapes)}')
+    problems = state_dict_problems(expected, state, known, optional=('num_batches_tracked',))
+    if problems:
         raise ValueError(f'checkpoint {path} does not fit timm model {model_name!r} up to {tap}: '
                          + '; '.join(problems) + f'. It must be a state dict of {model_name} in timm or torchvision '
                          f'format. {help_text}')
@@ -211,11 +202,10 @@ class TimmFeatureExtractor(GuidanceExtractor):
             (e.g. 'layer3', 'features.29').
         checkpoint: A local state dict (.pth/.pt/.bin/.safetensors, timm or torchvision format). None: look in
             pretrained/ and the torch hub / Hugging Face caches (see the module docstring); never downloads.
-        timesteps: Integer timesteps at which the input is noised before the backbone (which gets no t);
-            [0, 500] as for h-space; [0, 0] gives both maps from the clean input.
-        num_diffusion_steps, beta_start, beta_end, seed, dtype: the ``GuidanceExtractor`` base's.
         random_weights: Allow no weights: a random backbone, for tests and demos only.
         init_seed: Seed of those random weights, so every process and every run builds the same backbone.
+        **options: ``PriorOptions``: the timesteps at which the input is noised before the backbone (which gets no
+            t): [0, 500] as for h-space, [0, 0] gives both maps from the clean input; schedule, seed, dtype, ...
     """
 
     def __init__(
@@ -223,16 +213,11 @@ class TimmFeatureExtractor(GuidanceExtractor):
         model: str,
         layer: int | str = -1,
         checkpoint: str | None = None,
-        timesteps: Sequence[int] = (0, 500),
-        num_diffusion_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        seed: int = 0,
-        dtype: str = 'fp32',
         random_weights: bool = False,
         init_seed: int = 0,
+        **options: Unpack[PriorOptions],
     ) -> None:
-        super().__init__(timesteps, num_diffusion_steps, beta_start, beta_end, seed, dtype)
+        super().__init__(**options)
         self.model_name = model
         if not timm.is_model(model):
             raise ValueError(f'TimmFeatureExtractor: unknown timm model {model!r} (timm.list_models() lists the '

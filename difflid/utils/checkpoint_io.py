@@ -1,13 +1,13 @@
 """Crash-safe file writing: a kill during a save never leaves a truncated file under the final name."""
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import torch
 
-__all__ = ['atomic_open', 'atomic_torch_save', 'network_state', 'package_path', 'weights_stamp']
+__all__ = ['atomic_open', 'atomic_torch_save', 'network_state', 'package_path', 'state_dict_problems', 'weights_stamp']
 
 
 @contextmanager
@@ -86,3 +86,27 @@ def weights_stamp(opt: dict) -> dict | None:
         root = package_path(folder)
         stamp['diffusers'] = {str(p.relative_to(root)): _file_stamp(p) for p in sorted(root.rglob('*')) if p.is_file()}
     return stamp or None
+
+
+_MAX_LISTED = 5
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ', '.join(keys[:_MAX_LISTED])
+    return f'{shown}, ... ({len(keys)} in all)' if len(keys) > _MAX_LISTED else shown
+
+
+def state_dict_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                        known: Collection[str] | None = None, optional: tuple[str, ...] = ()) -> list[str]:
+    """What keeps ``state`` (a file's tensors) from loading strictly into a model whose state dict is ``expected``:
+    keys missing from the file (except those ending in one of ``optional``), keys the model does not have (outside
+    ``known``, default ``expected``: a larger model the file may come from) and shape mismatches, each listed
+    (the first five, with the count). Empty when it fits."""
+    known = expected if known is None else known
+    missing = [k for k in expected if k not in state and not (optional and k.endswith(optional))]
+    unexpected = [k for k in state if k not in known]
+    shapes = [f'{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})'
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    return [f'{what}: {_listing(keys)}' for what, keys in (('missing from the file', missing),
+                                                           ('not in the model', unexpected),
+                                                           ('shape mismatch', shapes)) if keys]

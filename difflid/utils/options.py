@@ -4,12 +4,16 @@ basicsr reads one flat YAML. difflid option files may inherit shared parts with 
 ``_base_`` (and ``_delete_``); ``resolve_option_file`` merges them into one YAML that basicsr reads and
 copies into the experiment folder, so every run keeps the exact options it used.
 """
+import inspect
 import tempfile
+import typing
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-__all__ = ['is_training_options', 'prepare_argv', 'resolve_option_file', 'training_to_test_options']
+__all__ = ['is_training_options', 'option_defaults', 'option_names', 'prepare_argv', 'resolve_option_file',
+           'training_to_test_options']
 
 
 def resolve_option_file(path: str | Path) -> Path:
@@ -94,3 +98,35 @@ def prepare_argv(argv: list[str], root: Path | None = None) -> list[str]:
                                         encoding='utf-8')
             out[i] = str(resolved)
     return out
+
+
+def _declared_kwargs(param: inspect.Parameter) -> dict[str, Any]:
+    """The keys (and their annotations) of a ``**kwargs: Unpack[SomeTypedDict]`` parameter; empty for a plain one."""
+    annotation = param.annotation
+    if typing.get_origin(annotation) is typing.Unpack:
+        declared = typing.get_args(annotation)[0]
+        return dict(typing.get_type_hints(declared))
+    return {}
+
+
+def option_names(cls: type) -> set[str] | None:
+    """The option keys a registered class takes: its named constructor parameters plus the keys of a declared
+    ``**options: Unpack[TypedDict]``; None when it swallows any keyword (a plain ``**kwargs``)."""
+    names = set()
+    for param in inspect.signature(cls).parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            declared = _declared_kwargs(param)
+            if not declared:
+                return None
+            names |= set(declared)
+        elif param.kind is not param.VAR_POSITIONAL:
+            names.add(param.name)
+    return names
+
+
+def option_defaults(cls: type, shared_defaults: dict | None = None) -> dict[str, Any]:
+    """The default of every named constructor parameter of ``cls`` that has one, plus ``shared_defaults`` (those of
+    its declared ``**options``)."""
+    params = inspect.signature(cls).parameters.values()
+    named = {p.name: p.default for p in params if p.default is not p.empty and p.kind is not p.VAR_KEYWORD}
+    return {**(shared_defaults or {}), **named}

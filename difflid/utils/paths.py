@@ -11,10 +11,10 @@ __all__ = ['absolute_paths', 'is_path_key', 'locate_paths']
 
 
 def is_path_key(key: str) -> bool:
-    """Option keys that hold a file or folder: ``checkpoint`` (HSpaceExtractor, DiffLoss), ``*_checkpoint``,
-    ``*_path``, ``*_file``, ``*_dir`` and basicsr's ``pretrain_network_*``. By name, because a value such as
-    ``unet: adm_tiny`` is no path."""
-    return key == 'checkpoint' or key.startswith('pretrain_network_') or key.endswith(
+    """Option keys that hold a file or folder: ``checkpoint`` (every prior, DiffLoss), ``diffusers`` (a diffusers
+    folder: DiffusersUNetExtractor, DiffusersUNet2D), ``*_checkpoint``, ``*_path``, ``*_file``, ``*_dir`` and
+    basicsr's ``pretrain_network_*``. By name, because a value such as ``unet: adm_tiny`` is no path."""
+    return key in ('checkpoint', 'diffusers') or key.startswith('pretrain_network_') or key.endswith(
         ('_checkpoint', '_path', '_file', '_dir'))
 
 

@@ -35,23 +35,12 @@ from basicsr.utils import check_resume, scandir
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import distributed as dist
 
+from difflid.utils.errors import OptionError, data_parallel_message
+
 __all__ = ['OptionError', 'data_parallel_message', 'init_dist', 'load_resume_state', 'patched_basicsr',
            'translate_options']
 
 _ORIGINAL_CREATE_LOADERS = basicsr.train.create_train_val_dataloader
-
-
-class OptionError(ValueError):
-    """An option file that cannot run as written; the tools print it without a traceback."""
-
-
-def data_parallel_message(model_type: str, num_gpu: int) -> str:
-    """Why difflid's models refuse DataParallel in training, and what to run instead."""
-    return (f'{model_type} does not train with DataParallel, which basicsr uses for num_gpu: {num_gpu} without a '
-            'launcher (the frozen prior would run the whole batch on GPU 0, and the batch would grow with the GPU '
-            f'count). Train on {num_gpu} GPUs with one process each: torchrun --nproc_per_node={num_gpu} '
-            'tools/train.py -opt <option file> --launcher pytorch; or on one GPU: set num_gpu: 1 '
-            '(or CUDA_VISIBLE_DEVICES=0).')
 
 
 def load_resume_state(opt: dict) -> dict | None:
