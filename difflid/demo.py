@@ -1,4 +1,4 @@
-"""The built-in h-space demo (README's first command): features of a clear image and of a synthetic
+"""The built-in h-space demo (tools/demo_hspace.py): features of a clear image and of a synthetic
 hazy copy at several timesteps, summarised as numbers and pictures. Runs with no downloads on the
 tiny random-weight prior; with the real checkpoint it shows the paper's Sec. 4.1 effect (hazy and
 clear features agree at t1=0 and separate at t2≈500)."""

@@ -19,7 +19,7 @@ CPU, CUDA = torch.device('cpu'), torch.device('cuda')
 # (adm_tiny). A DiffLI2D with non-trivial weights guided by either gives outputs 56.3 dB (adm256_uncond, default
 # width) and 55.9 dB (adm_tiny, width 16) apart, where fresh noise instead of the seeded one moves them to 40.1 dB
 # and 23.2 dB: bf16 changes the output 40-5000x less (squared error) than the noise draw does. The documented
-# tolerance (README, Precision) is the pair of bounds below.
+# tolerance (docs/prior.md, Precision) is the pair of bounds below.
 BF16_MAX_RELATIVE_L2 = 0.03
 BF16_MIN_OUTPUT_PSNR = 50.0
 

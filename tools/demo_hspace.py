@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import difflid  # noqa: F401  registers difflid and patches basicsr
+import difflid  # noqa: F401  registers difflid's classes (and the torchvision alias basicsr needs)
 
 # isort: split
 import cv2

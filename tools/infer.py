@@ -67,7 +67,7 @@ def onnx_restorer(args: argparse.Namespace) -> tuple:
 
 def torch_restorer(args: argparse.Namespace) -> tuple:
     """(restorer, read_image, write_like) for an option file or checkpoint: PyTorch and basicsr."""
-    import difflid  # noqa: F401  registers difflid and patches basicsr
+    import difflid  # noqa: F401  registers difflid's classes (and the torchvision alias basicsr needs)
 
     # isort: split
     import torch

@@ -4,7 +4,7 @@ basicsr's validation rounds the restored tensor to uint8 (``tensor2img``) before
 ``calculate_ssim``; DehazeFormer, DEA-Net, Retinexformer and DiffLI²D's released code score the float output
 in [0, 1]. These are basicsr's formulas (PSNR against peak 255; SSIM with an 11×11 Gaussian window, σ = 1.5,
 on the valid region, per channel, then averaged; BT.601 Y for ``test_y_channel``) applied to unrounded
-inputs, so the two differ by the rounding alone (README, "Metric conventions").
+inputs, so the two differ by the rounding alone (docs/evaluation.md, "Metric conventions").
 
 They need the float images: ``float_image`` makes them from a model's (1, 3, H, W) output in the layout
 basicsr's metrics take (HWC, BGR), and a uint8 input is refused instead of being silently scored as uint8.
