@@ -35,6 +35,7 @@ from basicsr.utils import check_resume, scandir
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import distributed as dist
 
+from difflid.models.base_restoration import RestorationModel
 from difflid.utils.errors import OptionError, data_parallel_message
 
 __all__ = ['OptionError', 'data_parallel_message', 'init_dist', 'load_resume_state', 'patched_basicsr',
@@ -100,8 +101,6 @@ def translate_options(opt: dict) -> dict:
     means the same recipe on any number of GPUs. Raises OptionError when B does not divide, when both keys are
     given, or when a difflid model would train under DataParallel.
     """
-    from difflid.models.base_restoration import RestorationModel  # not at the top: that module imports this one
-
     train_set = (opt.get('datasets') or {}).get('train')
     if train_set is not None and 'total_batch_size' in train_set:
         total = train_set['total_batch_size']

@@ -125,7 +125,8 @@ class DiffLoss(nn.Module):
         defaults = {'unet': 'adm256_uncond', 'random_weights': False, 'init_seed': 0, 'num_diffusion_steps': 1000,
                     'beta_start': 1e-4, 'beta_end': 0.02}
         block = {k: options.get(k, defaults.get(k)) for k in _ADM_KEYS}
-        return {'type': 'HSpaceExtractor', **{k: v for k, v in block.items() if v is not None}}
+        # timesteps: DiffLoss draws its own t; [0] keeps the extractor's check valid for any T
+        return {'type': 'HSpaceExtractor', **{k: v for k, v in block.items() if v is not None}, 'timesteps': [0]}
 
     @property
     def prior(self) -> GuidanceExtractor:
