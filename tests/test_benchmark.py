@@ -1,31 +1,40 @@
-"""tools/benchmark.py in --quick mode (tiny prior, seconds on a CPU): its sections, that --json holds the figures
-it prints, and the arithmetic between them. The full benchmark is never run here."""
+"""difflid.analysis.benchmark and tools/benchmark.py, its command line. One `tools/benchmark.py --quick` run (tiny
+prior, seconds on a CPU) gives the report's structure; its arithmetic is checked on stand-in timings with a known
+answer; the measuring primitives on cases with a known answer (sleeps, allocations, layers whose FLOPs are a
+formula, guided-diffusion's own UNet). The full benchmark is never run here."""
 import contextlib
-import importlib.util
 import io
 import itertools
 import json
 import math
+import runpy
 import time
 
 import pytest
 import torch
+from torch import nn
 
+from difflid.analysis import benchmark
+from difflid.analysis.benchmark import BenchmarkOptions, run_benchmark
+from difflid.analysis.benchmark_measure import (
+    PeakResidentGrowth,
+    Timing,
+    attention_kernels,
+    bf16_peak_tflops,
+    count_flops,
+    measure,
+    resident_bytes,
+    tensor_bytes,
+)
+from difflid.losses.diffloss_loss import DiffLoss
 from difflid.priors.adm_unet_arch import ADMUNet, adm_flags
+from difflid.priors.base import GuidanceExtractor
 from tests.conftest import REPO_ROOT
 
+TOOL = REPO_ROOT / 'tools/benchmark.py'
 SECTION_TITLES = ('1. Prior', '2. Training step', '3. Validation', '4. Inference end to end',
                   '5. Parameters and FLOPs', '6. Attention kernels')
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('difflid_benchmark_tool', REPO_ROOT / 'tools' / 'benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_tool()
+MIB = 2 ** 20
 
 
 def _printed_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -49,18 +58,39 @@ def _same_figure(printed: str, value) -> bool:
     return math.isclose(float(printed), value, rel_tol=6e-3, abs_tol=1e-12)  # 3 significant figures
 
 
+def _run(**options) -> tuple[str, dict]:
+    """(printed text, report) of a --quick run on the CPU."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        report = run_benchmark(BenchmarkOptions(quick=True, device='cpu', **options), REPO_ROOT)
+    return out.getvalue(), report
+
+
 @pytest.fixture(scope='module')
-def quick_report(tmp_path_factory) -> tuple[str, dict]:
-    """(printed text, --json contents) of one --quick run on the CPU."""
+def tool_main():
+    """``main`` of tools/benchmark.py, loaded as the command line runs it."""
+    return runpy.run_path(str(TOOL))['main']
+
+
+@pytest.fixture(scope='module')
+def quick_report(tool_main, tmp_path_factory) -> tuple[str, dict]:
+    """(printed text, --json contents) of `python tools/benchmark.py --quick --device cpu --json FILE`."""
     path = tmp_path_factory.mktemp('bench') / 'report.json'
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        benchmark.main(['--quick', '--device', 'cpu', '--json', str(path)])
+        tool_main(['--quick', '--device', 'cpu', '--json', str(path)])
     return out.getvalue(), json.loads(path.read_text(encoding='utf-8'))
 
 
 def _rows(report: dict, prefix: str) -> list[list]:
     return next(s for s in report['sections'] if s['title'].startswith(prefix))['rows']
+
+
+def _measured(value) -> bool:
+    return isinstance(value, float) and value > 0
+
+
+# ------------------------------------------------------------------------------------- the report's structure
 
 
 def test_prints_every_section_and_names_the_machine(quick_report):
@@ -87,83 +117,198 @@ def test_json_holds_the_printed_figures(quick_report):
                 assert _same_figure(cell, value), f"{section['title']}: printed {cell!r}, json {value!r}"
 
 
-def test_prior_rows_compare_both_ways_and_skip_large_sizes_on_cpu(quick_report):
-    rows = _rows(quick_report[1], '1. Prior')
+def test_rows_measure_both_ways_and_skip_large_sizes_on_cpu(quick_report):
+    report = quick_report[1]
     by_size: dict[str, list] = {}
-    for row in rows:
+    for row in _rows(report, '1. Prior'):
         by_size.setdefault(row[0], []).append(row)
     assert [r[2] for r in by_size['620×460 (SOTS)']] == [benchmark.SKIPPED_ON_CPU]
     assert [r[2] for r in by_size['1600×1200 (Dense/NH-HAZE)']] == [benchmark.SKIPPED_ON_CPU]
     for size in ('128×128', '256×256'):
         released, ours = by_size[size]
-        assert released[1].startswith('released way (guided-diffusion UNet)') and released[5] == 1.0
+        assert released[1].startswith('released way (guided-diffusion UNet)')
         assert ours[1].startswith("difflid's way") and 'auto = float32' in ours[1]
-        assert ours[3] == pytest.approx(1 / ours[2]) and released[3] == pytest.approx(1 / released[2])
-        assert ours[5] == pytest.approx(released[2] / ours[2])  # speed-up = released latency / ours
-
-
-def test_training_validation_and_inference_arithmetic(quick_report):
-    report = quick_report[1]
+        assert all(_measured(v) for v in (*released[2:6], *ours[2:6]))
     plain, diffloss = _rows(report, '2. Training step')
     assert 'DiffLoss' in diffloss[0] and plain[1] == diffloss[1] == 2  # --quick: batch 2
-    for row in (plain, diffloss):
-        assert row[2] == pytest.approx(1 / row[3]) and row[5] == pytest.approx(420_000 * row[3] / 3600)
+    assert all(_measured(v) for v in (*plain[2:], *diffloss[2:]))
     first, second = _rows(report, '3. Validation')  # --quick: the quickstart model only
     assert first[0] == second[0] == 'quickstart' and first[2] == second[2] == 2
-    assert second[4] == pytest.approx(second[3] / first[3])
+    assert _measured(first[3]) and _measured(second[3])
     released, ours, sots = _rows(report, '4. Inference end to end')
-    assert ours[5] == pytest.approx(released[3] / ours[3]) and sots[2] == benchmark.SKIPPED_ON_CPU
+    assert all(_measured(v) for v in (*released[2:], *ours[2:])) and sots[2] == benchmark.SKIPPED_ON_CPU
 
 
-def test_params_and_flops_agree_with_independent_counts(quick_report):
+def test_params_and_flops_agree_with_guided_diffusion(quick_report):
+    """Parameters against the UNets built here; FLOPs against guided-diffusion's own UNet run for real (its legacy
+    attention is einsum, counted as plain matmuls): the full UNet once per timestep for the released way, the time
+    embedding, encoder and middle block on both timesteps in one batch of 2 for difflid's way."""
     network, ours, released = _rows(quick_report[1], '5. Parameters and FLOPs')
     with torch.device('meta'):
         full, encoder = ADMUNet(**adm_flags('adm_tiny')), ADMUNet(**adm_flags('adm_tiny'), encoder_only=True)
     assert released[1] == pytest.approx(sum(p.numel() for p in full.parameters()) / 1e6)
     assert ours[1] == pytest.approx(sum(p.numel() for p in encoder.parameters()) / 1e6)
-    assert 0 < ours[2] < released[2] and 0 < network[2] < network[3]  # more pixels, more FLOPs
-    # guided-diffusion's own UNet, run for real: its legacy attention is einsum, counted as plain matmuls
+    assert 0 < network[2] < network[3]  # more pixels, more FLOPs
     script_util = pytest.importorskip('guided_diffusion.script_util', reason='reference: pip install -e .[dev]')
+    from guided_diffusion.nn import timestep_embedding
     from torch.utils.flop_counter import FlopCounterMode
 
     reference = script_util.create_model(**adm_flags('adm_tiny')).eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        for t in (0, 500):
-            reference(torch.randn(1, 3, 256, 256), torch.tensor([t]))
-    assert released[2] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+    x = torch.randn(1, 3, 256, 256)
+    released_way, encoder_way = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with torch.no_grad():
+        with released_way:
+            for t in (0, 500):
+                reference(x, torch.tensor([t]))
+        with encoder_way:
+            emb = reference.time_embed(timestep_embedding(torch.tensor([0, 500]), reference.model_channels))
+            h = x.expand(2, -1, -1, -1)
+            for block in reference.input_blocks:
+                h = block(h, emb)
+            reference.middle_block(h, emb)
+    assert released[2] == pytest.approx(released_way.get_total_flops() / 1e9, rel=1e-6)
+    assert ours[2] == pytest.approx(encoder_way.get_total_flops() / 1e9, rel=1e-6)
 
 
-def test_sizes_force_a_size_on_cpu(capsys):
-    report = benchmark.main(['--quick', '--device', 'cpu', '--sections', 'prior', '--sizes', '96x64'])
+def test_tool_wires_its_flags_through(tool_main, tmp_path, capsys):
+    """--sizes forces a size on the CPU, --sections picks, --json writes the report; bad flags exit with one line."""
+    path = tmp_path / 'report.json'
+    report = tool_main(['--quick', '--device', 'cpu', '--sections', 'prior', '--sizes', '96x64', '--json',
+                           str(path)])
+    assert json.loads(path.read_text(encoding='utf-8')) == json.loads(json.dumps(report))
     rows = _rows(report, '1. Prior')
     forced = [r for r in rows if r[0] == '96×64']
-    assert len(forced) == 2 and all(isinstance(r[2], float) and r[2] > 0 for r in forced)
+    assert len(forced) == 2 and all(_measured(r[2]) for r in forced)
     assert [r[2] for r in rows if r[0] == '620×460 (SOTS)'] == [benchmark.SKIPPED_ON_CPU]
-    assert '### 2.' not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '### 1. Prior' in out and '### 2.' not in out and report['repeats'] == 1
+    for argv, message in ((['--train-batch', '0'], 'train_batch (--train-batch) must be at least 1'),
+                          (['--warmup', '-1'], 'must be at least 0'), (['--sizes', '620'], 'WIDTHxHEIGHT'),
+                          (['--sections', 'speed'], 'invalid choice')):
+        with pytest.raises(SystemExit):
+            tool_main([*argv, '--quick', '--device', 'cpu', '--sections', 'kernels'])  # no GPU: nothing runs
+        assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ the arithmetic, on known timings
+
+SECONDS = {'released': 2.0, 'ours': 0.5, 'L1': 0.36, 'DiffLoss': 1.8}  # stand-in s per call, and their answers:
+# speed-up 2.0 / 0.5 = 4; hours for 420,000 iterations: 0.36 s -> 42, 1.8 s -> 210; it/s 1 / 0.36 = 2.78
+
+
+def _stand_in_measure(fn, device, repeats, warmup, holders=()) -> Timing:
+    """A timing chosen by what the row holds, without calling ``fn``; 1.5 GiB peak memory."""
+    if any(isinstance(h, DiffLoss) for h in holders):
+        way = 'DiffLoss'
+    elif any(isinstance(h, torch.optim.Optimizer) for h in holders):
+        way = 'L1'
+    else:
+        way = 'ours' if any(isinstance(h, GuidanceExtractor) for h in holders) else 'released'
+    return Timing(SECONDS[way], 1.5)
+
+
+def test_rows_derive_rates_speed_up_and_hours_from_the_timings(monkeypatch):
+    monkeypatch.setattr(benchmark, 'measure_or_oom', _stand_in_measure)
+    monkeypatch.setattr(benchmark, 'validation_passes', lambda *args: [2.0, 8.0])  # images/s, first and second
+    _, report = _run(sections=('prior', 'train', 'val', 'infer'))
+    prior = _rows(report, '1. Prior')
+    assert prior[0][2:6] == [2.0, 0.5, 1.5, 1.0] and prior[1][2:6] == [0.5, 2.0, 1.5, pytest.approx(4.0)]
+    plain, diffloss = _rows(report, '2. Training step')
+    assert plain[2:] == [pytest.approx(2.778, abs=1e-3), 0.36, 1.5, pytest.approx(42.0)]
+    assert diffloss[2:] == [pytest.approx(0.5556, abs=1e-4), 1.8, 1.5, pytest.approx(210.0)]
+    assert [row[3:] for row in _rows(report, '3. Validation')] == [[2.0, 1.0], [8.0, 4.0]]
+    released, ours, _ = _rows(report, '4. Inference end to end')
+    assert released[2:] == [0.5, 2.0, 1.5, 1.0] and ours[2:] == [2.0, 0.5, 1.5, pytest.approx(4.0)]
+
+
+def test_out_of_memory_is_a_row_not_a_crash(monkeypatch):
+    def released_runs_out(fn, device, repeats, warmup, holders=()):
+        return None if not any(isinstance(h, GuidanceExtractor) for h in holders) else Timing(0.5, 1.5)
+
+    monkeypatch.setattr(benchmark, 'measure_or_oom', released_runs_out)
+    _, report = _run(sections=('prior', 'infer'))
+    for prefix in ('1. Prior', '4. Inference'):
+        released, ours = _rows(report, prefix)[:2]
+        assert released[2] == benchmark.OUT_OF_MEMORY and released[3:6] == [None] * 3
+        assert ours[5] is None and _measured(ours[4])  # no speed-up without a baseline
+
+
+# ------------------------------------------------------------------------ the measuring primitives
+
+
+def test_measure_reports_the_median_timed_call_and_the_first_warmup():
+    sleeps = iter([0.2, 0.01, 0.01, 0.4])  # one warm-up call, then three timed ones (mean 0.14 s, median 0.01 s)
+    timing = measure(lambda: time.sleep(next(sleeps)), torch.device('cpu'), repeats=3, warmup=1)
+    assert 0.01 <= timing.seconds < 0.1 and timing.first_call_s >= 0.2
+
+
+def test_measure_adds_what_the_row_holds_to_what_its_calls_allocate():
+    if resident_bytes() is None:
+        pytest.skip('no /proc/self/statm on this system')
+    held = torch.empty(96 * MIB // 4)  # 0.094 GiB, counted from its size (never touched, so not resident)
+
+    def allocate():
+        block = torch.ones(128 * MIB // 4)  # 0.125 GiB, written so that its pages are resident
+        time.sleep(0.05)  # the sampling thread sees it
+        del block
+
+    timing = measure(allocate, torch.device('cpu'), repeats=1, warmup=0, holders=(held,))
+    assert 0.2 < timing.peak_gib < 0.6  # 0.094 + 0.125 = 0.219
 
 
 def test_peak_resident_growth_sees_an_allocation():
-    if benchmark._resident_bytes() is None:
+    if resident_bytes() is None:
         pytest.skip('no /proc/self/statm on this system')
-    with benchmark.PeakResidentGrowth() as growth:
-        block = torch.ones(128 * 2 ** 20 // 4)  # 128 MiB, written so that its pages are resident
+    with PeakResidentGrowth() as growth:
+        block = torch.ones(128 * MIB // 4)  # 128 MiB, written so that its pages are resident
         time.sleep(0.1)  # the sampling thread sees it
         del block  # freed before the block ends: only the thread can have seen it
-    assert growth.gib > 0.1
+    assert 0.1 < growth.gib < 0.5
+
+
+def test_tensor_bytes_counts_each_storage_once():
+    x = torch.zeros(1000)
+    assert tensor_bytes(x, x[:10], x.view(10, 100)) == 4000
+    linear = nn.Linear(10, 20)  # 200 + 20 float32 parameters
+    optimizer = torch.optim.Adam(linear.parameters())
+    linear(torch.rand(1, 10)).sum().backward()
+    optimizer.step()  # state per parameter: exp_avg, exp_avg_sq, and a float32 step
+    assert tensor_bytes(linear, linear.weight) == 880
+    assert tensor_bytes(optimizer) == 2 * 880 + 2 * 4
+    assert tensor_bytes(linear, optimizer) == 3 * 880 + 2 * 4
+
+
+def test_count_flops_matches_the_formulas():
+    """conv: 2·Cin·Cout·k²·H·W; linear: 2·in·out per row; attention: 2 matmuls of 2·T·T·D per head (the CPU's fused
+    kernel has no formula in FlopCounterMode, so this also sees the math backend being forced)."""
+    conv = count_flops(lambda: nn.Conv2d(3, 8, 3, padding=1, bias=False), lambda m: m(torch.rand(1, 3, 16, 12)))
+    assert conv == 2 * 3 * 8 * 9 * 16 * 12
+    linear = count_flops(lambda: nn.Linear(8, 4), lambda m: m(torch.rand(5, 8)))
+    assert linear == 2 * 8 * 4 * 5
+    q = torch.rand(2, 3, 16, 8)  # (B, heads, T, D)
+    attention = count_flops(nn.Identity, lambda m: nn.functional.scaled_dot_product_attention(m(q), q, q))
+    assert attention == 2 * (2 * 2 * 3 * 16 * 16 * 8)
 
 
 @pytest.mark.parametrize('name, peak', [('NVIDIA H100 80GB HBM3', 989.4), ('NVIDIA H100 SXM5', 989.4),
                                         ('NVIDIA H200', 989.4), ('NVIDIA A100-SXM4-80GB', 312.0),
                                         ('NVIDIA H100 PCIe', None), ('NVIDIA GeForce RTX 4090', None)])
 def test_bf16_peak_by_device_name(name, peak):
-    assert benchmark.bf16_peak_tflops(name) == peak
+    assert bf16_peak_tflops(name) == peak
+
+
+@pytest.mark.parametrize('value, printed', [(None, '-'), ('x', 'x'), (40, '40'), (1234.4, '1234'), (12.345, '12.3'),
+                                            (1.2345, '1.23'), (0.012345, '0.0123'), (-0.5, '-0.5')])
+def test_cells_print_three_significant_figures_at_most(value, printed):
+    assert benchmark.format_cell(value) == printed
 
 
 def test_size_argument():
     assert benchmark.parse_size('620x460') == (620, 460) and benchmark.parse_size('620×460') == (620, 460)
-    with pytest.raises(Exception, match='WIDTHxHEIGHT'):
+    with pytest.raises(ValueError, match='WIDTHxHEIGHT'):
         benchmark.parse_size('620')
+    with pytest.raises(ValueError, match='positive'):
+        benchmark.parse_size('0x460')
 
 
 def _verdicts(found: dict[str, str]) -> tuple[str, ...]:
@@ -172,15 +317,16 @@ def _verdicts(found: dict[str, str]) -> tuple[str, ...]:
 
 def test_attention_kernels_are_recognised_by_name():
     flash_kernel = 'void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4, false, cutlass::bf16'
-    found = benchmark.attention_kernels(['aten::conv2d', 'aten::scaled_dot_product_attention',
-                                         'aten::_scaled_dot_product_flash_attention', flash_kernel])
+    found = attention_kernels(['aten::conv2d', 'aten::scaled_dot_product_attention',
+                               'aten::_scaled_dot_product_flash_attention', flash_kernel])
     assert _verdicts(found) == ('yes', 'no', 'no', 'no')
     assert 'aten::conv2d' not in found['kernels seen'] and 'flash_fwd_kernel' in found['kernels seen']
-    found = benchmark.attention_kernels(['aten::_scaled_dot_product_efficient_attention',
-                                         'fmha_cutlassF_f32_aligned_64x64_rf_sm80(AttentionKernel'])
+    found = attention_kernels(['aten::_scaled_dot_product_efficient_attention',
+                               'fmha_cutlassF_f32_aligned_64x64_rf_sm80(AttentionKernel'])
     assert _verdicts(found) == ('no', 'yes', 'no', 'no')
-    found = benchmark.attention_kernels(['aten::_scaled_dot_product_cudnn_attention', 'cudnn_generated_sdpa_sm90'])
+    assert _verdicts(attention_kernels(['fmha_cutlassF_f32_aligned_64x64_rf_sm80'])) == ('no', 'yes', 'no', 'no')
+    found = attention_kernels(['aten::_scaled_dot_product_cudnn_attention', 'cudnn_generated_sdpa_sm90'])
     assert _verdicts(found) == ('no', 'no', 'yes', 'no')
-    found = benchmark.attention_kernels(['aten::_scaled_dot_product_attention_math', 'aten::bmm'])
+    found = attention_kernels(['aten::_scaled_dot_product_attention_math', 'aten::bmm'])
     assert _verdicts(found) == ('no', 'no', 'no', 'yes')
-    assert benchmark.attention_kernels(['aten::conv2d'])['kernels seen'] == 'none'
+    assert attention_kernels(['aten::conv2d'])['kernels seen'] == 'none'

@@ -1,4 +1,5 @@
-"""Analyses of the frozen feature sources (``network_prior``): the h-space probe (``probe``).
+"""Analyses built on the rest of difflid: the h-space probe (``probe``), the ablation sweeps (``sweep``) and the
+speed/memory benchmark (``benchmark``, with its measuring helpers in ``benchmark_measure``).
 
 Not imported by ``difflid`` itself, so that training does not pay for importing scikit-learn and matplotlib.
 """
