@@ -43,7 +43,8 @@ setup(
     extras_require={'diffusers': ['diffusers>=0.30'],
                     'onnx': ['onnx>=1.23', 'onnxscript>=0.7'],
                     'onnxruntime': ['onnxruntime>=1.32'],
-                    'dev': ['pytest', 'ruff', 'import-linter', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30', 'onnx>=1.23',
+                    'dev': ['pytest', 'ruff', 'import-linter', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30',
+                            'onnx>=1.23',
                             'onnxscript>=0.7', 'onnxruntime>=1.32']},
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -231,4 +231,4 @@ def test_example_options_train_three_iterations(tmp_path, example, network_g, sh
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = ''.join(p.read_text() for p in (tmp_path / 'experiments' / example).glob('train_*.log'))
     assert 'l_diff_eps' in log and 'l_diff_h' in log and 'iter:       3' in log
-    assert ("DiffLoss uses the frozen prior's UNet" in log) == shared
+    assert ("DiffLoss uses the frozen prior's network" in log) == shared

@@ -16,6 +16,7 @@ from difflid.analysis import probe
 from difflid.data.clean_image_dataset import random_zoom_crop
 from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.diffusion_prior_model import DiffusionPriorModel
+from difflid.priors.builder import build_prior
 from difflid.priors.hspace_arch import HSpaceExtractor
 from difflid.priors.sampling import denoiser_from_checkpoint, load_denoiser, sample_images
 from difflid.priors.schedules import cosine_alphas_cumprod, ddim_sample, linear_alphas_cumprod
@@ -212,7 +213,7 @@ def test_train_a_prior_then_use_it_everywhere(tmp_path):
     unet = {k: v for k, v in SMALL_ADM.items() if k != 'type'}
     extractor = HSpaceExtractor(unet=unet, checkpoint=str(weights))
     assert torch.equal(extractor.unet.state_dict()[key], saved['params_ema'][key])
-    assert DiffLoss(unet=unet, checkpoint=str(weights)).unet.state_dict()[key].equal(saved['params_ema'][key])
+    assert DiffLoss(unet=unet, checkpoint=str(weights)).prior.unet.state_dict()[key].equal(saved['params_ema'][key])
     with pytest.raises(ValueError, match='noise_schedule: linear'):
         HSpaceExtractor(unet={**unet, 'noise_schedule': 'cosine'}, checkpoint=str(weights))
     with pytest.raises(ValueError, match='does not fit'):
@@ -348,7 +349,7 @@ def test_the_built_in_prior_is_measured_on_photos_it_never_saw():
     assert set(options('prior/adm_tiny_bundled.yml')['datasets']['val']['images']) == set(
         probe_opt['datasets']['probe']['images'])
     probe.check_probe_options(probe_opt)
-    prior = probe.build_extractor(probe_opt['network_prior'])
+    prior = build_prior(probe_opt['network_prior'])
     assert prior.feature_channels == options('quickstart_prior_bundled.yml')['network_g']['h_channels']
 
 

@@ -4,7 +4,6 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
 import runpy
 import subprocess
 import sys
@@ -15,14 +14,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from difflid import image_io
 from difflid.archs.difflid_arch import DiffLI2D
 from difflid.deploy import onnx_runner
-from difflid.deploy.export import ExportError, PositionNoise, export_model, export_program, save_onnx
+from difflid.deploy.export import ExportError, GraphRestorer, PositionNoise, export_model, export_program, save_onnx
 from difflid.inference import Restorer, restore
 from difflid.priors.noise import position_noise
 from difflid.utils import tiling
+from difflid.utils.padding import pad_to_multiple
 from tests.conftest import REPO_ROOT, hazy_astronaut, nontrivial_weights
 
 ort = pytest.importorskip('onnxruntime')
@@ -36,6 +36,33 @@ PRIOR = dict(type='HSpaceExtractor', unet='adm_tiny', checkpoint=None, random_we
 # onnxruntime vs PyTorch measured at 134-141 dB (float32 rounding); a wrong noise seed costs 110 dB
 # (test_the_graph_follows_the_prior), tiles noised as corners 110 dB: any such bug falls far below this
 THRESHOLD = 45.0
+
+# Every other feature source (h-space on adm_tiny is the `model` fixture), each at the smallest network that runs its
+# member's code: export time grows with the graph's node count (12-30 s per source on our shared 2-core CPU), not with
+# the image size.
+# (prior block, h_channels, h_stride), stated by hand: DiffLI2D checks the features' shape against them.
+# adm_tiny's blocks (resblock_updown, scale-shift norm, attention at the middle block's stride) on two levels: stride 2
+_ADM = {'preset': 'adm_tiny', 'image_size': 64, 'channel_mult': '1,2', 'attention_resolutions': '32'}
+_UNET2D = dict(sample_size=32, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
+               down_block_types=('DownBlock2D', 'AttnDownBlock2D'), up_block_types=('AttnUpBlock2D', 'UpBlock2D'))
+SOURCES = {
+    'layer_e': (dict(type='HSpaceExtractor', unet=_ADM, tap='layer_e'), 64, 2),
+    'layer_d': (dict(type='HSpaceExtractor', unet=_ADM, tap='layer_d'), 64, 2),
+    # a decoder block at stride 1 of a stride-2 UNet: the clean image is padded to 2, noised, and the features
+    # cropped back to the image's grid
+    'decoder-below-unet-stride': (dict(type='HSpaceExtractor', unet=_ADM, tap='output_blocks.1'), 64, 1),
+    'released': (dict(type='ReleasedFeatureExtractor', unet=_ADM, stride=3), 6, 3),  # padded to 3, then lcm(3, 2) = 6
+    'timm-resnet50': (dict(type='TimmFeatureExtractor', model='resnet50'), 2048, 32),
+    'timm-vgg16': (dict(type='TimmFeatureExtractor', model='vgg16'), 512, 32),
+    'diffusers': (dict(type='DiffusersUNetExtractor', config=_UNET2D), 32, 2),
+}
+# Exported and run by onnxruntime: all but layer_e, whose graph (the encoder) is a part of h-space's, exported by the
+# `model` fixture, and layer_d, whose blocks all run in the decoder tap's graph; both are checked in PyTorch
+# (GraphRestorer against restore).
+EXPORTED_SOURCES = ['decoder-below-unet-stride', 'released', 'timm-resnet50', 'timm-vgg16', 'diffusers']
+# no multiple of 32, and padding to the stride does not reach input_multiple: 37x61 -> 38x62 for the decoder tap,
+# 39x63 -> 42x66 for the released features
+SOURCE_SIZE = (37, 61)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,6 +90,27 @@ def model(tmp_path_factory):
 def _torch(restorer: Restorer, x: torch.Tensor, **tiles) -> np.ndarray:
     with torch.no_grad():
         return restore(restorer.net, x, restorer.prior, **tiles).numpy()
+
+
+@pytest.fixture(scope='module')
+def source(request) -> Restorer:
+    """A Restorer of a one-level DiffLI2D with non-trivial weights guided by one feature source (random weights)."""
+    block, h_channels, h_stride = SOURCES[request.param]
+    if block['type'] == 'DiffusersUNetExtractor':
+        pytest.importorskip('diffusers')
+    net_g = dict(type='DiffLI2D', num_feat=8, width_mult=[1], num_enc_blocks=[], num_middle_blocks=1, num_heads=[1],
+                 h_channels=h_channels, h_stride=h_stride)
+    with torch.random.fork_rng(devices=[]):  # DiffLI2D's initial weights, whatever ran before
+        torch.manual_seed(0)
+        restorer = Restorer(net_g, {**block, 'random_weights': True, 'timesteps': [0, 500], 'seed': 0})
+    nontrivial_weights(restorer.net, std=0.5)  # at the default 0.2, zeroing resnet50's features costs only 48 dB
+    return restorer
+
+
+def _two_images(height: int, width: int) -> torch.Tensor:
+    x = hazy_astronaut(height, width).repeat(2, 1, 1, 1)
+    x[1] = x[1].flip(-1)
+    return x
 
 
 # ---- the graph ---------------------------------------------------------------------------------------------------
@@ -100,7 +148,7 @@ def test_the_graph_has_the_documented_signature(model):
     assert 'MultiHeadAttention' in ops and 'Softmax' not in ops  # every attention fused: no (queries x keys) matrix
 
 
-@pytest.mark.parametrize('shape', [(1, 3, 64, 96), (2, 3, 75, 110), (1, 3, 20, 50)],
+@pytest.mark.parametrize('shape', [(1, 3, 64, 96), (2, 3, 75, 110), (1, 3, 12, 50)],
                          ids=['multiple-of-32', 'batch-2-odd-size', 'too-short-to-reflect'])
 def test_onnxruntime_agrees_with_pytorch(model, shape):
     """Dynamic batch and size: the padding (reflect, or replicate below 16 px), noise, prior, network and crop."""
@@ -165,11 +213,47 @@ def test_torch_export_program_agrees_with_pytorch(model, tmp_path):
     path = tmp_path / 'model.pt2'
     export_model(model.checkpoint, path, REPO_ROOT, fmt='torch-export')
     program = torch.export.load(path).module()
-    for hw in [(40, 100), (256, 256), (20, 100)]:  # odd, a multiple of 32, a side that cannot be reflected
+    for hw in [(40, 100), (256, 256), (12, 100)]:  # odd, a multiple of 32, a side that cannot be reflected (12 < 20)
         x = hazy_astronaut(*hw)
         with torch.no_grad():
             out = program(x, torch.tensor([0, 0]))
         assert _psnr(out.numpy(), _torch(model.restorer, x)) > THRESHOLD
+
+
+@pytest.mark.parametrize('source', list(SOURCES), indirect=True)
+def test_the_graph_module_restates_each_source_s_input_path(source):
+    """``GraphRestorer`` in PyTorch (no export) against ``restore``: padding to the stride and on to the member's
+    input_multiple, noise, q_sample, the crop of the features, the network, the crop back."""
+    x = _two_images(*SOURCE_SIZE)
+    with torch.no_grad():
+        out = GraphRestorer(source.net, source.prior).eval()(x, torch.tensor([0, 0])).numpy()
+    expected = _torch(source, x)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)  # measured: identical, diffusers 1.2e-7 apart
+    # the features matter, here and in the onnxruntime test: the network given no features (zeros) or each other's
+    # (t1 and t2 swapped) falls well below THRESHOLD (measured: at most 31.7 and 34.3 dB, both resnet50's)
+    padded = pad_to_multiple(x, source.prior.downsample_factor)
+    with torch.no_grad():
+        f_cim, f_hae = source.prior.guidance(padded)
+        for feats in ((f_cim * 0, f_hae * 0), (f_hae, f_cim)):
+            other = source.net(padded, *feats)[..., :SOURCE_SIZE[0], :SOURCE_SIZE[1]].numpy()
+            assert _psnr(other, expected) < THRESHOLD - 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('source', EXPORTED_SOURCES, indirect=True)
+def test_feature_sources_export_and_onnxruntime_agrees_with_pytorch(source, tmp_path):
+    """Each source exported to ONNX (its own ops: a decoder tap, the full UNet fed ᾱ_t and pooled, timm's
+    classifiers, diffusers' blocks) and run by onnxruntime at sizes and a batch that differ from the example the graph
+    was traced with; a height of 2 is replicated, not reflected, to 32 (timm) and, after reflecting to 3, to 6
+    (released), as pad_to_multiple does."""
+    save_onnx(export_program(source), tmp_path / 'model.onnx')
+    session = ort.InferenceSession(str(tmp_path / 'model.onnx'), providers=['CPUExecutionProvider'])
+    for x in (_two_images(*SOURCE_SIZE), hazy_astronaut(2, 40)):
+        out = session.run(['restored'], {'image': x.numpy(), 'origin': np.zeros(2, np.int64)})[0]
+        expected = _torch(source, x)
+        assert out.shape == expected.shape
+        for i in range(len(x)):
+            assert _psnr(out[i], expected[i]) > THRESHOLD
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
@@ -206,38 +290,96 @@ def test_missing_extras_name_the_pip_command(model, tmp_path, monkeypatch):
         save_onnx(None, tmp_path / 'model.onnx')
 
 
-# ---- the runner's numpy mirrors of the torch side ----------------------------------------------------------------
+# ---- the runner's image I/O and tiles, against references -------------------------------------------------------
 
-def test_numpy_tiling_is_the_torch_tiling():
-    x = torch.rand(2, 3, 150, 230)
+# Tiles of 4 with an overlap of 2 along a side of 10 start at 0, 2, 4, 6 (the last ends at the border) with weights
+# 0.25, 0.75, 0.75, 0.25; a function that returns its tile's start then blends to these values (by hand). Without
+# overlap (tiles at 0, 4, 6, weight 1) and on a side shorter than a tile (one tile at 0):
+BLENDED_STARTS = {(10, 4, 2): [0, 0, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6, 6], (10, 4, 0): [0, 0, 0, 0, 4, 4, 5, 5, 6, 6],
+                  (3, 4, 2): [0, 0, 0]}
 
-    def shifted(tile, origin):  # position-dependent, as the prior's noise is
-        return tile * (1 + origin[0] / 100) + origin[1] / 1000
 
-    for tile, overlap in [(64, 16), (96, 0), (256, 32)]:
-        expected = tiling.tiled_apply(shifted, x, tile, overlap).numpy()
-        np.testing.assert_allclose(onnx_runner.tiled_apply(shifted, x.numpy(), tile, overlap), expected, rtol=1e-6)
-    for args in [(100, 16, 32), (64, 64, 32), (64, -1, 32)]:
-        with pytest.raises(ValueError) as expected:
-            tiling.check_tiling(*args)
-        with pytest.raises(ValueError, match=re.escape(str(expected.value))):
+@pytest.mark.parametrize('side, tile, overlap', list(BLENDED_STARTS))
+def test_tiles_and_blend_match_a_layout_computed_by_hand(side, tile, overlap):
+    """The runner's numpy ``tiled_apply`` and the torch one against the hand-made layout above: each tile gets its
+    own pixels and its (top, left), and the blend is the weighted mean (separable: rows and columns add up)."""
+    x = np.random.default_rng(0).random((2, 3, side, side), dtype=np.float32)
+    blended = np.asarray(BLENDED_STARTS[side, tile, overlap], np.float32)
+    expected = x + 100 * blended[:, None] + blended[None, :]
+
+    def shifted(part, origin):  # the tile's pixels plus its position: a misplaced tile or origin shows
+        return part + 100 * origin[0] + origin[1]
+
+    np.testing.assert_allclose(onnx_runner.tiled_apply(shifted, x, tile, overlap), expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(tiling.tiled_apply(shifted, torch.from_numpy(x), tile, overlap).numpy(), expected,
+                               rtol=0, atol=1e-4)
+
+
+def test_the_runner_checks_tiles_as_documented():
+    onnx_runner.check_tiling(0, -5, 32)  # 0: tiling off, the overlap unused
+    onnx_runner.check_tiling(96, 0, 32)
+    for args, message in [((100, 16, 32), 'tile must be 0 (off) or a multiple of 32, got 100'),
+                          ((-32, 16, 32), 'tile must be 0 (off) or a multiple of 32, got -32'),
+                          ((64, 64, 32), 'tile_overlap must be in [0, tile), got 64'),
+                          ((64, -1, 32), 'tile_overlap must be in [0, tile), got -1')]:
+        with pytest.raises(ValueError) as err:
             onnx_runner.check_tiling(*args)
+        assert str(err.value) == message
 
 
-@pytest.mark.parametrize('kind', ['rgb8', 'rgba16', 'gray8'])
-def test_numpy_image_io_is_difflid_image_io(tmp_path, kind):
+def _write_reference(path, pixels: np.ndarray) -> None:
+    """``pixels`` (RGB order) written by a library other than cv2: PIL, or tifffile (uncompressed) for 16-bit colour,
+    which PIL cannot write."""
+    if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
+        tifffile = pytest.importorskip('tifffile')
+        tifffile.imwrite(path, pixels, photometric='rgb', extrasamples=['unassalpha'] if pixels.shape[2] == 4 else [])
+    else:
+        Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(path)
+
+
+@pytest.mark.parametrize('kind', ['rgb8', 'rgba8', 'gray8', 'gray16', 'rgba16'])
+def test_the_runner_reads_and_writes_known_pixels(tmp_path, kind):
+    """The runner's image I/O (difflid/image_io.py, loaded by file) on files with known pixel values written by PIL
+    or tifffile: RGB order, scaling by the bit depth, grey and alpha kept; then what it writes, read back by PIL
+    (cv2 for 16-bit colour, whose channel order is BGR): the depth, channels and alpha of the source, the restored
+    values clipped to [0, 1] and rounded to the nearest level (not truncated), grey as the luma of the RGB."""
     rng = np.random.default_rng(0)
-    img = {'rgb8': rng.integers(0, 256, (9, 11, 3), dtype=np.uint8),
-           'rgba16': rng.integers(0, 65536, (9, 11, 4), dtype=np.uint16),
-           'gray8': rng.integers(0, 256, (9, 11), dtype=np.uint8)}[kind]
-    cv2.imwrite(str(tmp_path / 'in.png'), img)
-    ours, theirs = onnx_runner.read_image(tmp_path / 'in.png'), image_io.read_image(tmp_path / 'in.png')
-    for field in ('rgb', 'alpha', 'dtype', 'gray', 'note'):
-        np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
-    restored = rng.random((9, 11, 3), dtype=np.float32) * 1.2 - 0.1  # out of range too: both clip
-    onnx_runner.write_like(tmp_path / 'ours.png', restored, ours)
-    image_io.write_like(tmp_path / 'theirs.png', restored, theirs)
-    assert (tmp_path / 'ours.png').read_bytes() == (tmp_path / 'theirs.png').read_bytes()
+    dtype = np.uint16 if kind.endswith('16') else np.uint8
+    top = np.iinfo(dtype).max
+    channels = {'rgb': 3, 'rgba': 4, 'gray': 1}[kind[:-2] if kind.endswith('16') else kind[:-1]]
+    pixels = rng.integers(0, top + 1, (9, 11, channels), dtype=dtype)
+    source = tmp_path / ('in.tif' if dtype == np.uint16 and channels > 1 else 'in.png')
+    _write_reference(source, pixels)
+
+    loaded = onnx_runner.read_image(source)
+    colour = np.repeat(pixels, 3, axis=2) if channels == 1 else pixels[..., :3]
+    assert loaded.rgb.dtype == np.float32 and loaded.dtype == dtype and loaded.gray == (channels == 1)
+    assert [word in loaded.note for word in ('grayscale', 'RGBA', '16-bit')] == [
+        channels == 1, channels == 4, dtype == np.uint16]  # what tools/infer.py's summary says was converted
+    np.testing.assert_allclose(loaded.rgb, colour / top, rtol=1e-6, atol=0)
+    if channels == 4:
+        np.testing.assert_array_equal(loaded.alpha, pixels[..., 3])
+    else:
+        assert loaded.alpha is None
+
+    levels = rng.integers(0, top + 1, (9, 11, 3))
+    restored = ((levels + rng.uniform(-0.3, 0.3, levels.shape)) / top).astype(np.float32)  # rounds to `levels`
+    restored[0, :3], levels[0, :3] = [-0.1, 1.2, 0.3 / top], [0, top, 0]  # clipped, clipped, rounded down
+    onnx_runner.write_like(tmp_path / 'out.png', restored, loaded)
+    if dtype == np.uint16 and channels > 1:
+        written = cv2.imread(str(tmp_path / 'out.png'), cv2.IMREAD_UNCHANGED)
+        written = np.concatenate([written[..., 2::-1], written[..., 3:]], axis=2)  # cv2's BGR(A) -> RGB(A)
+    else:
+        written = np.asarray(Image.open(tmp_path / 'out.png'))
+    assert written.dtype == dtype
+    if channels == 1:  # ITU-R BT.601 luma of the written levels, to cv2's 14-bit fixed-point weights and rounding
+        luma = levels @ np.array([0.299, 0.587, 0.114])
+        assert written.shape == (9, 11) and np.abs(written - luma).max() <= 1 + top / 2 ** 14
+    else:
+        assert written.shape == (9, 11, channels)
+        np.testing.assert_array_equal(written[..., :3], levels)
+    if channels == 4:
+        np.testing.assert_array_equal(written[..., 3], pixels[..., 3])
 
 
 # ---- tools/infer.py -------------------------------------------------------------------------------------------------

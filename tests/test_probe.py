@@ -1,7 +1,9 @@
 """The h-space probe (difflid/analysis/probe.py, tools/hspace_probe.py): separability against independent
-computations, the end-to-end run and its control, the feature cache, and option errors."""
+computations, intervals and the verdict rule on hand-made cases with known answers, the end-to-end run with its
+control draws, the noise every source gives image k, the feature cache, and option errors."""
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,8 @@ import pytest
 import torch
 
 from difflid.analysis import probe
+from difflid.priors import cache as prior_cache
 from difflid.priors.noise import position_noise
-from difflid.priors.schedules import linear_alphas_cumprod
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,23 +84,74 @@ def test_select_pairs_spreads_a_subset_over_scenes():
     assert probe.select_pairs(keys, None, None, 0) == list(range(50))
 
 
-# ---------------------------------------------------------------------------------- pixel source, noise
+# -------------------------------------------------------------------------- intervals and verdict, known answers
 
-def test_pixel_space_is_the_noised_image():
-    img = torch.rand(2, 3, 16, 20)
-    pixels = probe.build_extractor({'type': 'PixelSpace', 'seed': 3, 'num_diffusion_steps': 1000,
-                                    'beta_start': 1e-4, 'beta_end': 0.02})
-    a = linear_alphas_cumprod()[500].float()
-    expected = a.sqrt() * (2 * img - 1) + (1 - a).sqrt() * position_noise(3, [500], 3, 16, 20)[0]
-    feats = probe.extract_features(pixels, img, 500, batch_size=1, device=torch.device('cpu'), noise='shared')
-    assert torch.allclose(feats, expected, atol=1e-5)
-    per_image = probe.extract_features(pixels, img, 500, batch_size=2, device=torch.device('cpu'))  # the default
-    step = 16 + pixels.downsample_factor
-    window = position_noise(3, [500], 3, 16, 20, origin=(2 * step, 0))[0]  # image 1: its own window
-    assert torch.allclose(per_image[1], a.sqrt() * (2 * img[1] - 1) + (1 - a).sqrt() * window, atol=1e-5)
-    shared = probe.extract_features(pixels, img[[0, 0]], 500, 2, torch.device('cpu'), noise='shared')
-    own = probe.extract_features(pixels, img[[0, 0]], 500, 2, torch.device('cpu'), noise='per_image')
-    assert torch.equal(shared[0], shared[1]) and not torch.allclose(own[0], own[1])
+def test_balanced_accuracy_on_resampled_scenes_is_sklearns_with_weights():
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    scene, is_hazy = layout(scenes=5, hazy_per_scene=3)
+    predicted = rng.integers(0, 2, size=len(scene))
+    outcome = probe.PerImage((predicted == is_hazy).astype(float), scene, is_hazy)
+    assert outcome.score() == pytest.approx(balanced_accuracy_score(is_hazy, predicted))
+    counts = probe.scene_resamples(5, 4, seed=0)
+    for row, value in zip(counts, outcome.resampled(counts), strict=True):
+        assert value == pytest.approx(balanced_accuracy_score(is_hazy, predicted, sample_weight=row[scene]))
+
+
+def test_scene_bootstrap_covers_the_true_mean_when_images_of_a_scene_agree():
+    """Outcomes drawn per scene (each scene's images succeed with probability 0.1 or 0.9, mean 0.5): the 95 %
+    interval from resampled scenes covers 0.5 in 88-99 % of 300 data sets (measured: 95 %); resampling images
+    instead, as if they were independent, covers it in only 73 %."""
+    rng = np.random.default_rng(1)
+    scenes, per_scene, covered = 20, 4, 0
+    scene = np.repeat(np.arange(scenes), per_scene)
+    for rep in range(300):
+        p = rng.choice([0.1, 0.9], size=scenes)
+        outcome = probe.PerImage((rng.random(len(scene)) < p[scene]).astype(float), scene)
+        low, high = probe.interval(outcome.resampled(probe.scene_resamples(scenes, 400, seed=rep)))
+        covered += low <= 0.5 <= high
+    assert 0.88 <= covered / 300 <= 0.99
+
+
+def test_prior_minus_control_is_paired_over_the_same_scenes():
+    """Scores that vary a lot between scenes, the prior 0.1 above the control on every image: the difference's
+    interval is exactly 0.1 while each score's own interval is wide (an unpaired bootstrap would be as wide)."""
+    rng = np.random.default_rng(0)
+    scene = np.repeat(np.arange(8), 3)
+    control = rng.uniform(10, 30, size=8)[scene] + rng.normal(0, 0.5, size=len(scene))
+    row = probe.summarise_scores(probe.PerImage(control + 0.1, scene),
+                                 [probe.PerImage(control, scene), probe.PerImage(control, scene)],
+                                 probe.PerImage(control, scene), probe.scene_resamples(8, 500, seed=0))
+    assert row['prior_minus_control'] == pytest.approx(0.1)
+    assert row['prior_minus_control_ci'] == pytest.approx([0.1, 0.1])
+    assert row['prior_ci'][1] - row['prior_ci'][0] > 3.0
+    assert row['verdict'] == 'above control'
+
+
+@pytest.mark.parametrize('prior, controls, ci, expected', [
+    (0.61, [0.36, 0.50, 0.63], [0.05, 0.20], 'not distinguished'),  # the difference is clear, the range is not
+    (0.70, [0.36, 0.50, 0.63], [-0.02, 0.30], 'not distinguished'),  # outside the range, but the CI holds 0
+    (0.70, [0.36, 0.50, 0.63], [0.01, 0.30], 'above control'),
+    (0.20, [0.36, 0.50, 0.63], [-0.40, -0.10], 'below control'),
+    (0.63, [0.36, 0.50, 0.63], [0.01, 0.30], 'not distinguished'),  # equal to the best draw is not above it
+])
+def test_verdict_needs_both_the_range_and_the_interval(prior, controls, ci, expected):
+    assert probe.verdict(prior, controls, ci) == expected
+
+
+def test_shared_noise_is_the_test_time_window_for_every_image():
+    """noise: shared gives every image the window at (0, 0) (DiffLI²D's test-time noise), per_image one each; the
+    linear schedule written out (guided-diffusion's β from 1e-4 to 0.02)."""
+    img = torch.rand(1, 3, 16, 20).expand(2, -1, -1, -1)
+    alpha = float(np.prod(1 - np.linspace(1e-4, 0.02, 1000)[:501]))
+    pixels = probe.PixelSpace(torch.tensor(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))), seed=3)
+    shared = probe.extract_features(pixels, img, 500, 2, torch.device('cpu'), noise='shared')
+    expected = alpha ** 0.5 * (2 * img[0] - 1) + (1 - alpha) ** 0.5 * position_noise(3, [500], 3, 16, 20)[0]
+    torch.testing.assert_close(shared[0], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared[1], expected, atol=1e-5, rtol=0)
+    own = probe.extract_features(pixels, img, 500, 2, torch.device('cpu'), noise='per_image')
+    assert not torch.allclose(own[0], own[1])
 
 
 # ------------------------------------------------------------------------------------- end to end
@@ -129,43 +182,77 @@ def tiny_options(data_root: Path, **probe_opts) -> dict:
         'datasets': {'probe': {'name': 'tiny', 'type': 'PairListDataset', 'dataroot': str(data_root),
                                'meta_info_file': str(data_root / 'pairs.txt'), 'io_backend': {'type': 'disk'}}},
         'probe': {'timesteps': [0, 500], 'size': 64, 'decoder_iters': 3, 'decoder_feat': 8, 'decoder_batch': 4,
-                  'cv_folds': 2, 'tsne_perplexity': 2.0, 'grid_images': 1, 'device': 'cpu', **probe_opts},
+                  'cv_folds': 2, 'tsne_perplexity': 2.0, 'grid_images': 1, 'device': 'cpu', 'control_draws': 2,
+                  'bootstrap_samples': 200, **probe_opts},
     }
 
 
+# write_scene_pairs' images in the probe's order (hazy s0_0, s0_1, s1_0, ..., then clear s0..s3) and their scenes
+SCENE = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3])
+IS_HAZY = np.array([1] * 8 + [0] * 4)
+COSINE_PRIOR = {'type': 'HSpaceExtractor', 'unet': {'preset': 'adm_tiny', 'noise_schedule': 'cosine'},
+                'checkpoint': None, 'random_weights': True, 'init_seed': 0, 'seed': 0}
+
+
+def cosine_alpha_bar(t: int, steps: int = 1000, s: float = 0.008) -> float:
+    """ᾱ_t of Nichol & Dhariwal's cosine schedule (betas_for_alpha_bar, β clipped at 0.999), written out."""
+    def f(u: float) -> float:
+        return math.cos((u / steps + s) / (1 + s) * math.pi / 2) ** 2
+
+    alpha_bar = 1.0
+    for i in range(t + 1):
+        alpha_bar *= 1 - min(1 - f(i + 1) / f(i), 0.999)
+    return alpha_bar
+
+
 class Spy:
-    """Records the option blocks sources are built from and the extractors features are computed with."""
+    """Records the option blocks sources are built from, and per feature pass the source, the images, t, the
+    features and the noised input x_t the source's network received."""
 
     def __init__(self, mp: pytest.MonkeyPatch) -> None:
-        self.controls, self.built, self.extracted = [], [], []
-        control, build, extract = probe.control_options, probe.build_extractor, probe.extract_features
+        self.built, self.passes = [], []
+        build, extract = probe.build_prior, probe.extract_features
 
-        def control_spy(opt):
-            self.controls.append(control(opt))
-            return self.controls[-1]
-
-        def build_spy(opt):
-            self.built.append((opt, build(opt)))
+        def build_spy(block, *args, **kwargs):
+            self.built.append((block, build(block, *args, **kwargs)))
             return self.built[-1][1]
 
-        def extract_spy(extractor, *args, **kwargs):
-            self.extracted.append(extractor)
-            return extract(extractor, *args, **kwargs)
+        def extract_spy(extractor, images, t, *args, **kwargs):
+            seen, network, own = [], extractor._features, vars(extractor).get('_features')
 
-        mp.setattr(probe, 'control_options', control_spy)
-        mp.setattr(probe, 'build_extractor', build_spy)
+            def features(x_t, timesteps):
+                seen.append(x_t.detach().cpu().clone())
+                return network(x_t, timesteps)
+
+            extractor._features = features
+            try:
+                out = extract(extractor, images, t, *args, **kwargs)
+            finally:  # spies may nest (monkeypatched twice in one test): restore what was there
+                if own is None:
+                    del extractor._features
+                else:
+                    extractor._features = own
+            self.passes.append({'source': self.label(extractor), 'images': images, 't': t, 'features': out,
+                                'x_t': torch.cat(seen)})
+            return out
+
+        mp.setattr(probe, 'build_prior', build_spy)
         mp.setattr(probe, 'extract_features', extract_spy)
 
-    def extracted_with(self, opt: dict) -> int:
-        """How many feature passes used an extractor built from ``opt``."""
-        ids = {id(e) for o, e in self.built if o == opt}
-        return sum(id(e) in ids for e in self.extracted)
+    def label(self, extractor) -> str:
+        if isinstance(extractor, probe.PixelSpace):
+            return 'pixels'
+        return next(f"init_seed {block['init_seed']}" for block, e in self.built if e is extractor)
+
+    def get(self, source: str, t: int) -> dict:
+        (found,) = [p for p in self.passes if p['source'] == source and p['t'] == t]
+        return found
 
 
 @pytest.fixture(scope='module')
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('probe')
-    opt = probe.check_probe_options(tiny_options(write_scene_pairs(root / 'data')))
+    opt = probe.check_probe_options({**tiny_options(write_scene_pairs(root / 'data')), 'network_prior': COSINE_PRIOR})
     with pytest.MonkeyPatch.context() as mp:
         spy = Spy(mp)
         summary = probe.run_probe(opt, root)
@@ -179,55 +266,103 @@ def test_end_to_end_writes_every_output(first_run):
                  'tsne_t0500.png', 'decoder_grid_prior.png', 'decoder_grid_control.png', 'decoder_grid_pixels.png'):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     report = json.loads((out / 'probe.json').read_text())
-    assert report['chance']['content_separability'] == pytest.approx(probe.nn_chance(np.array([0, 0, 1, 1, 2, 2, 3, 3,
-                                                                                             0, 1, 2, 3])))
-    assert report['chance']['haze_separability'] == 0.5
+    by_hand = np.mean([np.mean([SCENE[j] == SCENE[i] for j in range(12) if j != i]) for i in range(12)])
+    assert report['chance']['content_separability'] == pytest.approx(by_hand)
     assert report['dataset']['hazy_images'] == 8 and report['dataset']['scenes'] == 4
     assert [r['t'] for r in report['records']] == [0, 500]
-    for record in report['records']:
-        for key in ('t', 'content_separability', 'haze_separability', 'decoder_psnr_hazy', 'decoder_psnr_clear'):
-            assert key in record
-        for side in ('control', 'pixels'):
-            assert set(probe.METRICS) <= set(record[side])
-        for metric in probe.METRICS:
-            assert record['minus_control'][metric] == pytest.approx(record[metric] - record['control'][metric])
-            assert np.isfinite(record[metric])
-        assert 0 <= record['content_separability'] <= 1 and 0 <= record['haze_separability'] <= 1
+    assert [d['init_seed'] for d in report['control']['draws']] == [1, 2]
     rows = list(csv.DictReader((out / 'probe.csv').open()))
-    assert [int(r['t']) for r in rows] == [0, 500] and 'content_separability_minus_control' in rows[0]
+    assert [(int(r['t']), r['metric']) for r in rows] == [(t, m) for t in (0, 500) for m in probe.METRICS]
+    assert {'control_draw0', 'control_draw1', 'prior_minus_control_ci_low', 'verdict'} <= set(rows[0])
     md = (out / 'probe.md').read_text()
-    assert 'prior − control' in md and 'chance' in md
-    assert summary['features_computed'] == 6 and summary['features_cached'] == 0
+    assert 'prior − control' in md and 'chance' in md and 'outside the range of the control draws' in md
+    assert summary['features_computed'] == 8 and summary['features_cached'] == 0
 
 
-def test_control_is_built_from_control_options_and_measured_the_same_way(first_run):
+def test_every_source_noises_image_k_alike_with_the_priors_schedule(first_run):
+    """Under a cosine preset (ᾱ_500 = 0.492, not the linear 0.078) image k's x_t is the same for the prior, every
+    control and the pixels: the same ᾱ_t, and the noise window at (k·2·size, 0) for every source."""
+    _, _, summary, spy = first_run
+    alpha = cosine_alpha_bar(500)
+    assert alpha == pytest.approx(0.492, abs=1e-3)
+    assert summary['pixels']['alphas_cumprod'][500] == pytest.approx(alpha, rel=1e-6)
+    pixels = spy.get('pixels', 500)
+    images = pixels['images']
+    expected = torch.stack([
+        alpha ** 0.5 * (2 * img - 1) + (1 - alpha) ** 0.5 * position_noise(0, [500], 3, 64, 64, origin=(k * 128, 0))[0]
+        for k, img in enumerate(images)])
+    torch.testing.assert_close(pixels['features'], expected, atol=1e-5, rtol=0)
+    for source in ('init_seed 0', 'init_seed 1', 'init_seed 2'):  # the prior, control draws 0 and 1
+        torch.testing.assert_close(spy.get(source, 500)['x_t'][..., :64, :64], expected, atol=1e-5, rtol=0)
+
+
+def test_scores_and_control_statistics_match_a_brute_force_computation(first_run):
+    """content separability and haze 1-NN of every source, recomputed by brute force from the features each source
+    gave; the control's mean, range and prior − control from those draws."""
     _, opt, summary, spy = first_run
-    control = probe.control_options(opt['network_prior'])
-    assert spy.controls == [control]
-    assert control['random_weights'] and control['init_seed'] == opt['network_prior']['init_seed'] + 1
-    # the same feature function, once per timestep, for the prior, the control and the pixels
-    assert spy.extracted_with(opt['network_prior']) == 2
-    assert spy.extracted_with(control) == 2
-    assert sum(isinstance(e, probe.PixelSpace) for e in spy.extracted) == 2
-    prior_h = [r['decoder_psnr_clear'] for r in summary['records']]
-    control_h = [r['control']['decoder_psnr_clear'] for r in summary['records']]
-    assert prior_h != control_h  # a different network, not the prior measured twice
+    assert [block for block, _ in spy.built] == [opt['network_prior'], probe.control_options(opt['network_prior'], 0),
+                                                  probe.control_options(opt['network_prior'], 1)]
+
+    def brute(source, t, labels):
+        return brute_force_nn(spy.get(source, t)['features'].double().flatten(1).numpy(), labels)
+
+    for record in summary['records']:
+        for metric, labels in (('content_separability', SCENE), ('haze_nn', IS_HAZY)):
+            row, t = record['scores'][metric], record['t']
+            prior, pixels = brute('init_seed 0', t, labels), brute('pixels', t, labels)
+            controls = [brute('init_seed 1', t, labels), brute('init_seed 2', t, labels)]
+            assert row['prior'] == pytest.approx(prior) and row['pixels'] == pytest.approx(pixels)
+            assert row['control_draws'] == pytest.approx(controls)
+            assert (row['control_mean'], row['control_min'], row['control_max']) == pytest.approx(
+                (np.mean(controls), min(controls), max(controls)))
+            assert row['prior_minus_control'] == pytest.approx(prior - np.mean(controls))
 
 
-def test_cache_is_reused_and_a_changed_option_recomputes(first_run, monkeypatch):
-    root, opt, first, _ = first_run
+def test_cache_is_reused_without_building_anything_and_a_code_change_recomputes(first_run, monkeypatch):
+    root, opt, _, first = first_run
+    data = probe.load_pairs(probe.build_probe_dataset(opt['datasets']['probe']), opt['probe'])
+    cache_dir = root / 'results' / 'probe_test' / 'cache'
     spy = Spy(monkeypatch)
-    again = probe.run_probe(opt, root)
-    assert spy.extracted == [] and again['features_cached'] == 6
-    assert again['records'] == first['records']  # the cache holds exactly what was computed
+    cached, _, computed = probe.all_features(opt, data, torch.device('cpu'), cache_dir)
+    assert spy.passes == [] and spy.built == [] and sum(computed.values()) == 0  # the pixels' key needs no prior
+    for label, source in (('prior', 'init_seed 0'), ('control0', 'init_seed 1'), ('control1', 'init_seed 2'),
+                          ('pixels', 'pixels')):
+        for t in (0, 500):  # the cache holds exactly what was computed
+            assert torch.equal(torch.cat(cached[label][t]), first.get(source, t)['features'])
 
-    changed = probe.check_probe_options({**tiny_options(Path(opt['datasets']['probe']['dataroot'])),
-                                         'network_prior': {**opt['network_prior'], 'init_seed': 5}})
+    monkeypatch.setattr(prior_cache, 'feature_code_digest', lambda: 'the prior family changed')
     spy = Spy(monkeypatch)
-    probe.run_probe(changed, root)
-    control = probe.control_options(changed['network_prior'])
-    assert spy.extracted_with(changed['network_prior']) == 2 and spy.extracted_with(control) == 2
-    assert not any(isinstance(e, probe.PixelSpace) for e in spy.extracted)  # pixels do not depend on init_seed
+    probe.all_features(opt, data, torch.device('cpu'), cache_dir)
+    assert sorted((p['source'], p['t']) for p in spy.passes) == [
+        (s, t) for s in ('init_seed 0', 'init_seed 1', 'init_seed 2', 'pixels') for t in (0, 500)]
+
+
+def test_feature_key_changes_with_everything_features_depend_on(monkeypatch):
+    block = dict(COSINE_PRIOR)
+    key = probe.feature_key(block, 500, 'data', 'per_image', torch.device('cpu'))
+    others = [probe.feature_key({**block, 'init_seed': 1}, 500, 'data', 'per_image', torch.device('cpu')),
+              probe.feature_key(block, 400, 'data', 'per_image', torch.device('cpu')),
+              probe.feature_key(block, 500, 'other data', 'per_image', torch.device('cpu')),
+              probe.feature_key(block, 500, 'data', 'shared', torch.device('cpu')),
+              probe.feature_key(block, 500, 'data', 'per_image', torch.device('cuda')),
+              probe.feature_key(block, 500, 'data', 'per_image', torch.device('cpu'), pixels=True)]
+    monkeypatch.setattr(probe, 'probe_code_digest', lambda: 'the probe changed')
+    others.append(probe.feature_key(block, 500, 'data', 'per_image', torch.device('cpu')))
+    assert len({key, *others}) == len(others) + 1
+
+
+def test_timesteps_are_checked_against_a_diffusers_schedulers_t_before_any_work(tmp_path, monkeypatch):
+    pytest.importorskip('diffusers')
+    from tests.test_diffusers_prior import STRIDE4, save_unet
+
+    save_unet(tmp_path / 'unet', STRIDE4, steps=600)
+    opt = probe.check_probe_options({
+        **tiny_options(write_scene_pairs(tmp_path / 'data'), timesteps=[0, 700]),
+        'network_prior': {'type': 'DiffusersUNetExtractor', 'diffusers': str(tmp_path / 'unet')}})
+    spy = Spy(monkeypatch)
+    with pytest.raises(probe.ProbeOptionError, match=r'probe\.timesteps.*\[0, 599\]'):
+        probe.run_probe(opt, tmp_path)
+    assert spy.passes == []
 
 
 # ---------------------------------------------------------------------------------------------- errors

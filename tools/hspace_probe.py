@@ -2,8 +2,10 @@
 
 Measures, per diffusion timestep, how far the prior's features of hazy and clear images separate content and
 haze (1-NN, grouped linear probe), trains decoders D_t on clear features only (paper Eq. 5) and draws t-SNE maps,
-always beside a random-weight control and image space. Writes results/<name>/ (probe.json, probe.csv, probe.md,
-figures; features cached in cache/). Logic: difflid/analysis/probe.py.
+always beside random-weight controls (probe.control_draws of them: mean and range) and image space noised with the
+prior's own schedule. Every score comes with a 95 % scene-bootstrap interval, and probe.md's verdict column credits
+the prior only where it lies outside the controls' range and prior - control excludes 0. Writes results/<name>/
+(probe.json, probe.csv, probe.md, figures; features cached in cache/). Logic: difflid/analysis/probe.py.
 """
 import argparse
 import sys

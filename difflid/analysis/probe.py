@@ -4,12 +4,22 @@ The paper reads h_t, the frozen prior's features of a hazy image x and of its cl
 pictures: at small t a hazy image's h lands next to its clean twin's (content), around t = 500 hazy images
 group together (haze), and decoders D_t trained on clean features only (Eq. 5) turn h_t^haz into images that
 show the content or the haze. Pictures of a few dozen points are easy to over-read, and a network with
-random weights shows structure too, so every measurement here runs, by the same code, on three sources:
+random weights shows structure too, so every measurement here runs, by the same code, on these sources:
 
-- ``prior``: the ``network_prior`` block (any registered ``GuidanceExtractor``);
-- ``control``: ``control_options(network_prior)``, the same extractor and architecture with random weights:
-  what the architecture and the noise give without the prior's training;
-- ``pixels``: image space, x_t itself at the same size with the same noise (Fig. 1's image-space maps).
+- ``prior``: the ``network_prior`` block, built by ``build_prior`` (any registered ``GuidanceExtractor``);
+- ``control``: ``control_draws`` random-weight controls, ``control_options(network_prior, draw=k)``: the same member
+  and architecture with random weights, each draw seeded differently. One random network is one draw of a
+  distribution, so the control is reported as the mean and the range over the draws;
+- ``pixels``: image space, x_t itself at the same size (Fig. 1's image-space maps), made from the built prior
+  (``PixelSpace.like``): its ᾱ_t (a cosine preset's or a diffusers scheduler's, not a default linear one) and its
+  noise seed.
+
+Noise: with ``noise: per_image`` (default) image k of the probe (hazy images, then clear ones) is noised with the
+window of the seeded, position-indexed noise whose top-left is ``image_origins`` (k·2·size, 0), for every source
+alike: ε at an image pixel (y, x) is the noise at origin + (y, x), so image k gets the same ε from the prior, every
+control and the pixels, and no two images share noise (a source pads an image by less than ``size``).
+``noise: shared`` gives every image the prior's test-time window at (0, 0); the images then differ only by
+sqrt(ᾱ_t)·(x - x'), so pixel scores are the same at every t up to float rounding (standardising undoes that scale).
 
 Scores per timestep t and source (features standardised per dimension over all images):
 
@@ -25,14 +35,23 @@ Scores per timestep t and source (features standardised per dimension over all i
   probed scenes themselves (as Fig. 2), then scored: PSNR/SSIM of D_t(h^haz) and D_t(h^cle) against the
   clean image, and of D_t(h^haz) against D_t(h^cle).
 
-Features are flattened (C·h·w values: the layout is kept; ``pooling: mean`` averages over positions).
-With ``noise: per_image`` (default) every image gets its own window of the seeded noise, as independent
-draws of q(x_t|x_0) would (the paper's maps), reproducibly. ``noise: shared`` gives every image the
-prior's seeded noise, as DiffLI²D sees it at test time; the images then differ only by sqrt(ᾱ_t)·(x - x'),
-so pixel scores are the same at every t up to float rounding (standardising undoes that scale).
+Uncertainty (``PerImage``, ``scene_resamples``): every score is a mean (or a balanced accuracy) of per-image
+outcomes (1-NN hit, out-of-fold prediction right, PSNR of one image), which are kept. The bootstrap resamples
+*scenes* with replacement (``bootstrap_samples`` times, seeded by ``seed``) and recomputes each score from the
+outcomes of the images of the drawn scenes: the images of one scene (its hazy versions and its clean image) are
+not independent draws, so resampling images would give intervals that are too narrow. The outcomes stay those of
+the whole set (1-NN and the haze probe are not refitted: duplicated images would be each other's neighbours), so an
+interval shows how much the score depends on which scenes were probed. Intervals are 95 % percentile intervals.
+prior − control is the prior's score minus the mean of the control draws, bootstrapped with the same resampled
+scenes for both (paired). The verdict says ``above control`` (or ``below control``) only when the prior's score
+lies outside the range of the control draws AND the 95 % interval of prior − control excludes 0; otherwise
+``not distinguished``.
 
-Features are cached under ``results/<name>/cache`` keyed by a hash of the source's options (and its
-checkpoint file's size and time), the images' pixels after cropping, t and the noise mode.
+Features are cached under ``results/<name>/cache``, keyed (``feature_key``) by ``prior_cache_key`` of the source's
+option block (its options, weight files' size and time, device type and dtype, difflid and torch versions, and
+``feature_code_digest``: the prior family's code), the probe's own feature code (``probe_code_digest``), the images'
+pixels after cropping, t and the noise mode; the pixels' features are keyed on the prior's block, so they are
+found without building the prior. A change of any of these computes the features again.
 """
 import csv
 import hashlib
@@ -41,14 +60,15 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
 from torch import nn
 from torch.nn import functional as F
@@ -57,14 +77,17 @@ from tqdm import tqdm
 from difflid.metrics.float_metrics import calculate_psnr_float, calculate_ssim_float, float_image
 from difflid.models.base_restoration import check_arch_options
 from difflid.priors.base import GuidanceExtractor
-from difflid.priors.builder import control_options
-from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save, weights_stamp
+from difflid.priors.builder import build_prior, control_options
+from difflid.priors.cache import prior_cache_key
+from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
 from difflid.utils.options import resolve_option_file
+from difflid.utils.precision import resolve_dtype
 
-__all__ = ['METRICS', 'PROBE_DEFAULTS', 'SOURCES', 'FeatureDecoder', 'PixelSpace', 'ProbeData', 'ProbeOptionError',
-           'build_extractor', 'check_probe_options', 'extract_features', 'haze_separability',
-           'load_probe_options', 'nn_accuracy', 'nn_chance', 'run_probe', 'select_pairs', 'source_features',
-           'standardize', 'train_decoder', 'tsne_embedding']
+__all__ = ['METRICS', 'PROBE_DEFAULTS', 'SOURCES', 'FeatureDecoder', 'PerImage', 'PixelSpace', 'ProbeData',
+           'ProbeOptionError', 'all_features', 'check_probe_options', 'extract_features', 'feature_key',
+           'haze_predictions', 'haze_separability', 'image_origins', 'load_probe_options', 'nn_accuracy', 'nn_chance',
+           'nn_hits', 'probe_code_digest', 'run_probe', 'scene_resamples', 'select_pairs', 'standardize',
+           'summarise_scores', 'train_decoder', 'tsne_embedding', 'verdict']
 
 SOURCES = ('prior', 'control', 'pixels')
 METRICS = ('content_separability', 'haze_separability', 'haze_nn', 'decoder_psnr_hazy', 'decoder_psnr_clear',
@@ -79,7 +102,9 @@ PROBE_DEFAULTS: dict[str, Any] = {
     'pooling': 'flatten',    # 'flatten' (C*h*w, keeps the layout) or 'mean' (C, average over positions)
     'batch_size': 16,        # images per feature pass
     'device': 'auto',        # 'auto', 'cpu', 'cuda' or 'cuda:N'
-    'seed': 0,               # scene order for max_pairs, CV folds, decoders, t-SNE
+    'seed': 0,               # scene order for max_pairs, CV folds, decoders, t-SNE, bootstrap
+    'control_draws': 3,      # random-weight controls (control_options draw 0, 1, ...): mean and range
+    'bootstrap_samples': 2000,  # scene resamples behind every 95 % interval
     'cv_folds': 4,           # folds of the grouped haze probe (at most the number of scenes)
     'probe_c': 1.0,          # inverse L2 strength of the logistic-regression haze probe
     'decoder_iters': 300,    # Adam steps of each decoder D_t
@@ -91,8 +116,9 @@ PROBE_DEFAULTS: dict[str, Any] = {
 }
 _CHOICES = {'crop': ('resize', 'center'), 'noise': ('shared', 'per_image'), 'pooling': ('flatten', 'mean')}
 _TOP_KEYS = ('name', 'network_prior', 'datasets', 'probe')
-_CACHE_VERSION = 1
+_CACHE_FORMAT = 2  # bump when a cache entry's layout changes (the code that computes features is in the key anyway)
 _COLOURS = {'prior': 'C0', 'control': 'C1', 'pixels': 'C2'}
+_VERDICTS = ('above control', 'below control', 'not distinguished')
 
 
 class ProbeOptionError(ValueError):
@@ -173,7 +199,8 @@ def check_probe_options(raw: Any, source: str = 'options') -> dict:
         if cfg[key] not in choices:
             raise ProbeOptionError(f'probe.{key}: must be one of {list(choices)}, got {cfg[key]!r}')
     for key, minimum in (('size', 8), ('batch_size', 1), ('cv_folds', 2), ('decoder_iters', 1), ('decoder_feat', 1),
-                         ('decoder_batch', 1), ('grid_images', 0), ('seed', 0)):
+                         ('decoder_batch', 1), ('grid_images', 0), ('seed', 0), ('control_draws', 1),
+                         ('bootstrap_samples', 100)):
         _check_number(key, cfg[key], int, minimum)
     for key in ('max_pairs', 'hazy_per_scene'):
         _check_number(key, cfg[key], int, 1, allow_none=True)
@@ -304,8 +331,22 @@ def load_pairs(dataset: Any, cfg: dict) -> ProbeData:
 # ------------------------------------------------------------------------------------------------ sources
 
 class PixelSpace(GuidanceExtractor):
-    """Image space as a feature source: x_t itself (3 channels, stride 1), noised by the base exactly as the
-    prior noises its input, so the pixel control goes through the same code as the networks."""
+    """Image space as a feature source: x_t itself (3 channels, stride 1), noised by the base exactly as a prior
+    noises its input. Made from the built prior (``like``), so that pixels get the prior's ᾱ_t and noise seed.
+
+    Args:
+        alphas_cumprod: ᾱ_t of the schedule, (T,).
+        seed: Seed of the position-indexed noise.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, seed: int = 0) -> None:
+        super().__init__(timesteps=[0], num_diffusion_steps=len(alphas_cumprod), seed=seed, dtype='fp32')
+        self.set_schedule(alphas_cumprod)
+
+    @classmethod
+    def like(cls, prior: GuidanceExtractor) -> 'PixelSpace':
+        """The pixel source of ``prior``: its ᾱ_t (whatever set it: a preset, a scheduler config) and its seed."""
+        return cls(prior.alphas_cumprod.detach().cpu(), prior.seed)
 
     @property
     def feature_channels(self) -> int:
@@ -319,71 +360,132 @@ class PixelSpace(GuidanceExtractor):
         return x_t
 
 
-_NOISE_KEYS = ('seed', 'num_diffusion_steps', 'beta_start', 'beta_end')
+# kept for tests/test_diffusion_prior.py, which builds the probe's prior through the probe
 
 
-def source_options(prior_opt: dict) -> dict[str, dict]:
-    """The option block of each source: the prior, its control (``control_options``) and the pixel space with the
-    prior's noise schedule and seed (defaults taken from the prior class's signature)."""
-    params = inspect.signature(ARCH_REGISTRY.get(prior_opt['type'])).parameters
-    base = inspect.signature(GuidanceExtractor).parameters
-    noise = {k: prior_opt.get(k, (params[k] if k in params else base[k]).default) for k in _NOISE_KEYS}
-    return {'prior': dict(prior_opt), 'control': control_options(prior_opt), 'pixels': {'type': 'PixelSpace', **noise}}
+def image_origins(first: int, count: int, size: int) -> list[tuple[int, int]]:
+    """(top, left) of the noise windows of images ``first`` .. ``first + count - 1`` of the probe (hazy, then clear)
+    under ``noise: per_image``: image k at (k·2·size, 0).
 
-
-def build_extractor(opt: dict) -> GuidanceExtractor:
-    """A frozen feature source from its option block (``PixelSpace`` for the pixel control)."""
-    if opt['type'] == 'PixelSpace':
-        return PixelSpace(**{k: v for k, v in opt.items() if k != 'type'})
-    return build_network(dict(opt))
+    The same for every source whatever its stride or padding, so image k gets the same ε from all of them; windows
+    2·size apart never overlap while a source pads an image by less than ``size``.
+    """
+    return [((first + k) * 2 * size, 0) for k in range(count)]
 
 
 def extract_features(extractor: GuidanceExtractor, images: torch.Tensor, t: int, batch_size: int,
                      device: torch.device, noise: str = 'per_image') -> torch.Tensor:
     """Features at t of (N, 3, S, S) images in [0, 1] -> (N, C, h, w) float32 on the CPU, in mini-batches.
 
-    ``noise: per_image`` noises image k with the window of the seeded noise at (top, left) = ((k + 1)·step, 0)
-    (one origin per image, still one batched pass), so no two images share noise and every run draws the same.
+    ``noise: per_image`` noises image k with its window at ``image_origins`` (one origin per image, still one batched
+    pass); ``shared`` gives every image the window at (0, 0), the prior's test-time noise.
     """
     out = []
-    step = images.shape[-2] + extractor.downsample_factor
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device)
-        origin = (0, 0) if noise == 'shared' else [((start + k + 1) * step, 0) for k in range(len(batch))]
+        origin = (0, 0) if noise == 'shared' else image_origins(start, len(batch), images.shape[-2])
         out.append(extractor(batch, origin=origin, timesteps=[t])[t].cpu())
     return torch.cat(out)
 
 
-def cache_key(source_opt: dict, t: int, data_digest: str, noise: str) -> str:
-    """sha256 of everything the features depend on: the source's options and weights file, the pixels, t, noise."""
-    payload = {'version': _CACHE_VERSION, 'source': source_opt, 'weights': weights_stamp(source_opt), 't': t,
-               'data': data_digest, 'noise': noise}
+@cache
+def probe_code_digest() -> str:
+    """sha256 of the probe's own code that turns images into features (the pixel source, the noise layout, the
+    batched extraction): part of every feature key, beside the prior family's ``feature_code_digest``."""
+    source = ''.join(inspect.getsource(obj) for obj in (PixelSpace, image_origins, extract_features))
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def feature_key(block: dict, t: int, data_digest: str, noise: str, device: torch.device, pixels: bool = False) -> str:
+    """sha256 of everything one source's features at t depend on: ``prior_cache_key`` of its option block (options,
+    weight files, device type, dtype, versions, the prior family's code), the probe's code, the pixels, t and the
+    noise mode. ``pixels``: the key of the pixel source made from the prior of ``block``."""
+    device = torch.device(device)
+    payload = {'format': _CACHE_FORMAT, 'source': 'pixels of the prior' if pixels else 'network',
+               'prior': prior_cache_key(block, device, resolve_dtype(block.get('dtype', 'auto'), device)),
+               'probe_code': probe_code_digest(), 't': t, 'data': data_digest, 'noise': noise}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def source_features(label: str, source_opt: dict, data: ProbeData, cfg: dict, device: torch.device,
-                    cache_dir: Path) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], int]:
-    """({t: (hazy features, clear features)} of one source at every probed t, how many t were computed): from the
-    cache where the key matches; the extractor is built only when some t is missing, and freed afterwards."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    keys = {t: cache_key(source_opt, t, data.digest, cfg['noise']) for t in cfg['timesteps']}
-    files = {t: cache_dir / f'{label}_t{t:04d}_{keys[t][:16]}.pt' for t in keys}
-    feats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for t, path in files.items():
+Features = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _cache_file(cache_dir: Path, label: str, t: int, key: str) -> Path:
+    return cache_dir / f'{label}_t{t:04d}_{key[:16]}.pt'
+
+
+def read_cached(cache_dir: Path, label: str, keys: dict[int, str]) -> tuple[Features, dict[int, float]]:
+    """The cached features ({t: (hazy, clear)}) of one source whose stored key matches, and the ᾱ_t they were
+    noised with."""
+    feats, alphas = {}, {}
+    for t, key in keys.items():
+        path = _cache_file(cache_dir, label, t, key)
         if path.is_file():
             stored = torch.load(path, map_location='cpu', weights_only=True)
-            if stored.get('key') == keys[t]:
-                feats[t] = (stored['hazy'], stored['clear'])
-    missing = [t for t in keys if t not in feats]
-    if missing:
-        extractor = build_extractor(source_opt).to(device)
-        images = torch.cat([data.hazy, data.clear])
-        for t in tqdm(missing, desc=f'probe: {label} features', unit='t', leave=False):
-            out = extract_features(extractor, images, t, cfg['batch_size'], device, cfg['noise'])
-            feats[t] = (out[:len(data.hazy)].contiguous(), out[len(data.hazy):].contiguous())
-            atomic_torch_save({'key': keys[t], 'hazy': feats[t][0], 'clear': feats[t][1]}, files[t])
-        del extractor
-    return {t: feats[t] for t in cfg['timesteps']}, len(missing)
+            if stored.get('key') == key:
+                feats[t], alphas[t] = (stored['hazy'], stored['clear']), float(stored['alpha_cumprod'])
+    return feats, alphas
+
+
+def compute_features(extractor: GuidanceExtractor, label: str, keys: dict[int, str], data: ProbeData, cfg: dict,
+                     device: torch.device, cache_dir: Path) -> tuple[Features, dict[int, float]]:
+    """Features of ``extractor`` at every t of ``keys``, each written to the cache with its key, and the ᾱ_t."""
+    images = torch.cat([data.hazy, data.clear])
+    feats, alphas = {}, {}
+    for t, key in tqdm(keys.items(), desc=f'probe: {label} features', unit='t', leave=False):
+        out = extract_features(extractor, images, t, cfg['batch_size'], device, cfg['noise'])
+        feats[t] = (out[:len(data.hazy)].contiguous(), out[len(data.hazy):].contiguous())
+        alphas[t] = float(extractor.alphas_cumprod[t])
+        atomic_torch_save({'key': key, 'hazy': feats[t][0], 'clear': feats[t][1], 'alpha_cumprod': alphas[t]},
+                          _cache_file(cache_dir, label, t, key))
+    return feats, alphas
+
+
+def _built(block: dict, label: str, timesteps: list[int], device: torch.device) -> GuidanceExtractor:
+    """``build_prior(block)`` on ``device``, after checking the probed timesteps against the built source's own T
+    (a diffusers scheduler's, not the option's)."""
+    extractor = build_prior(block)
+    try:
+        extractor.check_timesteps(timesteps)
+    except ValueError as err:
+        raise ProbeOptionError(f'probe.timesteps: {err} (the {label})') from err
+    return extractor.to(device)
+
+
+def all_features(opt: dict, data: ProbeData, device: torch.device,
+                 cache_dir: Path) -> tuple[dict[str, Features], dict[int, float], dict[str, int]]:
+    """({label: {t: (hazy, clear)}} for 'prior', 'control0' .. and 'pixels'; the ᾱ_t the pixels were noised with;
+    how many t of each source were computed). Cached features are read without building anything; the prior is
+    built when it or the pixels miss a t (the pixel source is made from it), each control when it misses one, one
+    network at a time."""
+    cfg, prior_block = opt['probe'], opt['network_prior']
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    blocks = {'prior': prior_block, **{f'control{k}': control_options(prior_block, draw=k)
+                                       for k in range(cfg['control_draws'])}, 'pixels': prior_block}
+    feats, alphas, missing = {}, {}, {}
+    for label, block in blocks.items():
+        keys = {t: feature_key(block, t, data.digest, cfg['noise'], device, pixels=label == 'pixels')
+                for t in cfg['timesteps']}
+        feats[label], alphas[label] = read_cached(cache_dir, label, keys)
+        missing[label] = {t: key for t, key in keys.items() if t not in feats[label]}
+
+    def compute(source: GuidanceExtractor, label: str) -> None:
+        new, new_alphas = compute_features(source, label, missing[label], data, cfg, device, cache_dir)
+        feats[label].update(new)
+        alphas[label].update(new_alphas)
+
+    if missing['prior'] or missing['pixels']:
+        prior = _built(prior_block, 'prior', cfg['timesteps'], device)
+        compute(prior, 'prior')
+        compute(PixelSpace.like(prior).to(device), 'pixels')
+        del prior
+    for label in blocks:
+        if label.startswith('control') and missing[label]:
+            control = _built(blocks[label], f'control ({label})', cfg['timesteps'], device)
+            compute(control, label)
+            del control
+    ordered = {label: {t: feats[label][t] for t in cfg['timesteps']} for label in blocks}
+    return ordered, {t: alphas['pixels'][t] for t in cfg['timesteps']}, {k: len(v) for k, v in missing.items()}
 
 
 # ---------------------------------------------------------------------------------------------- separability
@@ -403,15 +505,20 @@ def standardize(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / scale
 
 
-def nn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
-    """Leave-one-out 1-NN accuracy: the share of images whose nearest other image (Euclidean distance of the
-    standardised features; ties to the lower index) has the same label."""
+def nn_hits(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Leave-one-out 1-NN outcome of every image: 1.0 where its nearest other image (Euclidean distance of the
+    standardised features; ties to the lower index) has the same label, else 0.0."""
     z = standardize(x)
     sq = (z * z).sum(axis=1)
     dist = sq[:, None] + sq[None, :] - 2 * z @ z.T
     np.fill_diagonal(dist, np.inf)
     labels = np.asarray(labels)
-    return float(np.mean(labels[dist.argmin(axis=1)] == labels))
+    return (labels[dist.argmin(axis=1)] == labels).astype(np.float64)
+
+
+def nn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out 1-NN accuracy: the mean of ``nn_hits``."""
+    return float(nn_hits(x, labels).mean())
 
 
 def nn_chance(labels: np.ndarray) -> float:
@@ -421,13 +528,12 @@ def nn_chance(labels: np.ndarray) -> float:
     return float(np.mean((counts[inverse] - 1) / (len(labels) - 1)))
 
 
-def haze_separability(x: np.ndarray, is_hazy: np.ndarray, groups: np.ndarray, folds: int = 4, seed: int = 0,
-                      c: float = 1.0) -> float:
-    """Balanced accuracy of a linear hazy-vs-clear probe (standardise, L2 logistic regression with balanced class
-    weights), predicted out of fold over a stratified k-fold grouped by scene; chance 0.5."""
+def haze_predictions(x: np.ndarray, is_hazy: np.ndarray, groups: np.ndarray, folds: int = 4, seed: int = 0,
+                     c: float = 1.0) -> np.ndarray:
+    """Out-of-fold hazy/clear prediction of every image by a linear probe (standardise, L2 logistic regression with
+    balanced class weights), over a stratified k-fold grouped by scene (a scene is never in both folds)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -446,15 +552,96 @@ def haze_separability(x: np.ndarray, is_hazy: np.ndarray, groups: np.ndarray, fo
             warnings.simplefilter('ignore', ConvergenceWarning)
             probe.fit(x[train], is_hazy[train])
         predicted[test] = probe.predict(x[test])
-    return float(balanced_accuracy_score(is_hazy, predicted))
+    return predicted
 
 
-def separability_scores(x: np.ndarray, data: ProbeData, cfg: dict) -> dict[str, float]:
-    """content_separability, haze_separability and haze_nn of one feature matrix (rows: hazy, then clear)."""
+def haze_separability(x: np.ndarray, is_hazy: np.ndarray, groups: np.ndarray, folds: int = 4, seed: int = 0,
+                      c: float = 1.0) -> float:
+    """Balanced accuracy of ``haze_predictions``; chance 0.5."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(is_hazy, haze_predictions(x, is_hazy, groups, folds, seed, c)))
+
+
+@dataclass
+class PerImage:
+    """One score kept as per-image outcomes, so that it can be recomputed on resampled scenes.
+
+    values: (N,) the outcome of each image (a 1-NN hit, a right prediction, a PSNR); scene: (N,) its scene index;
+    classes: (N,) class labels for a balanced accuracy (the mean over classes of the class's mean ``values``), or
+    None for a plain mean over images.
+    """
+
+    values: np.ndarray
+    scene: np.ndarray
+    classes: np.ndarray | None = None
+
+    def resampled(self, scene_counts: np.ndarray) -> np.ndarray:
+        """The score under each row of scene weights (B, n_scenes) (how often each scene was drawn) -> (B,)."""
+        weights = np.asarray(scene_counts, dtype=np.float64)[:, self.scene]
+        values = np.asarray(self.values, dtype=np.float64)
+        if self.classes is None:
+            return (weights * values).sum(axis=1) / weights.sum(axis=1)
+        recalls = [(weights[:, m] * values[m]).sum(axis=1) / weights[:, m].sum(axis=1)
+                   for m in (np.asarray(self.classes) == c for c in np.unique(self.classes))]
+        return np.mean(recalls, axis=0)
+
+    def score(self) -> float:
+        """The score on the probed images themselves (every scene once)."""
+        return float(self.resampled(np.ones((1, int(np.max(self.scene)) + 1)))[0])
+
+
+def scene_resamples(scenes: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, scenes) counts: row b says how often each scene is in bootstrap sample b (``scenes`` scenes drawn
+    with replacement, seeded)."""
+    draws = np.random.default_rng(seed).integers(0, scenes, size=(samples, scenes))
+    counts = np.zeros((samples, scenes))
+    np.add.at(counts, (np.arange(samples)[:, None], draws), 1)
+    return counts
+
+
+def interval(samples: np.ndarray) -> list[float]:
+    """The 95 % percentile interval of bootstrap samples."""
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def verdict(prior: float, controls: Sequence[float], minus_control_ci: Sequence[float]) -> str:
+    """'above control' when the prior's score is above every control draw AND the 95 % interval of prior - control
+    lies above 0; 'below control' the same way down; 'not distinguished' otherwise."""
+    if prior > max(controls) and minus_control_ci[0] > 0:
+        return 'above control'
+    if prior < min(controls) and minus_control_ci[1] < 0:
+        return 'below control'
+    return 'not distinguished'
+
+
+def summarise_scores(prior: PerImage, controls: Sequence[PerImage], pixels: PerImage,
+                     scene_counts: np.ndarray) -> dict[str, Any]:
+    """One metric at one t: the prior's score and interval, the control draws (each, mean, min, max), the pixels'
+    score and interval, prior - control mean with its paired interval (the same resampled scenes for both), and
+    the verdict."""
+    prior_score, control_scores = prior.score(), [c.score() for c in controls]
+    prior_samples = prior.resampled(scene_counts)
+    control_samples = np.mean([c.resampled(scene_counts) for c in controls], axis=0)
+    difference_ci = interval(prior_samples - control_samples)
+    return {'prior': prior_score, 'prior_ci': interval(prior_samples),
+            'control_mean': float(np.mean(control_scores)), 'control_min': min(control_scores),
+            'control_max': max(control_scores), 'control_draws': control_scores,
+            'pixels': pixels.score(), 'pixels_ci': interval(pixels.resampled(scene_counts)),
+            'prior_minus_control': prior_score - float(np.mean(control_scores)),
+            'prior_minus_control_ci': difference_ci,
+            'verdict': verdict(prior_score, control_scores, difference_ci)}
+
+
+def separability_scores(x: np.ndarray, data: ProbeData, cfg: dict) -> dict[str, PerImage]:
+    """content_separability, haze_separability and haze_nn of one feature matrix (rows: hazy, then clear), per
+    image."""
     scene, is_hazy = data.labels()
-    return {'content_separability': nn_accuracy(x, scene),
-            'haze_separability': haze_separability(x, is_hazy, scene, cfg['cv_folds'], cfg['seed'], cfg['probe_c']),
-            'haze_nn': nn_accuracy(x, is_hazy)}
+    right = haze_predictions(x, is_hazy, scene, cfg['cv_folds'], cfg['seed'], cfg['probe_c']) == is_hazy
+    return {'content_separability': PerImage(nn_hits(x, scene), scene),
+            'haze_separability': PerImage(right.astype(np.float64), scene, is_hazy),
+            'haze_nn': PerImage(nn_hits(x, is_hazy), scene)}
 
 
 def tsne_embedding(x: np.ndarray, perplexity: float = 10.0, seed: int = 0) -> np.ndarray:
@@ -554,21 +741,23 @@ def decode(decoder: FeatureDecoder, feats: torch.Tensor, batch_size: int, device
                       for i in range(0, len(feats), batch_size)])
 
 
-def image_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Mean PSNR (dB) and SSIM of image pairs (N, 3, S, S) in [0, 1], with difflid's float metrics (basicsr's
-    formulas without 8-bit rounding)."""
+def image_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR (dB) and SSIM of every image pair (N, 3, S, S) in [0, 1] -> two (N,) arrays, with difflid's float
+    metrics (basicsr's formulas without 8-bit rounding)."""
     psnr = [calculate_psnr_float(float_image(x), float_image(y)) for x, y in zip(a, b, strict=True)]
     ssim = [calculate_ssim_float(float_image(x), float_image(y)) for x, y in zip(a, b, strict=True)]
-    return float(np.mean(psnr)), float(np.mean(ssim))
+    return np.asarray(psnr, dtype=np.float64), np.asarray(ssim, dtype=np.float64)
 
 
-def decoder_scores(r_hazy: torch.Tensor, r_clear: torch.Tensor, data: ProbeData) -> dict[str, float]:
-    """Scores of r^haz = D_t(h^haz) and r^cle = D_t(h^cle) against the clean images and each other."""
+def decoder_scores(r_hazy: torch.Tensor, r_clear: torch.Tensor, data: ProbeData) -> dict[str, PerImage]:
+    """Per-image scores of r^haz = D_t(h^haz) and r^cle = D_t(h^cle) against the clean images and each other."""
     clean_of_hazy, r_clear_of_hazy = data.clear[data.scene], r_clear[data.scene]
     out = {}
-    for name, (a, b) in {'hazy': (r_hazy, clean_of_hazy), 'clear': (r_clear, data.clear),
-                         'hazy_vs_clear': (r_hazy, r_clear_of_hazy)}.items():
-        out[f'decoder_psnr_{name}'], out[f'decoder_ssim_{name}'] = image_scores(a, b)
+    for name, (a, b, scene) in {'hazy': (r_hazy, clean_of_hazy, data.scene),
+                                'clear': (r_clear, data.clear, np.arange(len(data.clear))),
+                                'hazy_vs_clear': (r_hazy, r_clear_of_hazy, data.scene)}.items():
+        psnr, ssim = image_scores(a, b)
+        out[f'decoder_psnr_{name}'], out[f'decoder_ssim_{name}'] = PerImage(psnr, scene), PerImage(ssim, scene)
     return out
 
 
@@ -623,8 +812,9 @@ def plot_tsne_overview(path: Path, embeddings: dict[int, dict[str, np.ndarray]],
     fig.savefig(path)
 
 
-def plot_curves(path: Path, records: list[dict], chance: dict[str, float], hazy_psnr: float) -> None:
-    """Scores against t for prior, control and pixels, with chance (or the hazy input's PSNR) dashed."""
+def plot_curves(path: Path, records: list[dict], chance: dict[str, float], hazy_psnr: float, draws: int) -> None:
+    """Scores against t: the prior with its 95 % interval, the control's mean with its range over the draws as a
+    band, the pixels; chance (or the hazy input's PSNR) dashed."""
     panels = (('content_separability', 'content separability (1-NN scene acc.)', chance['content_separability']),
               ('haze_separability', 'haze separability (balanced acc.)', chance['haze_separability']),
               ('decoder_psnr_hazy', 'PSNR(D_t(h_haz), clean) [dB]', hazy_psnr),
@@ -633,16 +823,22 @@ def plot_curves(path: Path, records: list[dict], chance: dict[str, float], hazy_
     fig = _figure(11, 7.5)
     axes = fig.subplots(2, 2).ravel()
     for ax, (metric, title, reference) in zip(axes, panels, strict=True):
-        for label in SOURCES:
-            values = [r[metric] if label == 'prior' else r[label][metric] for r in records]
-            ax.plot(ts, values, marker='o', color=_COLOURS[label], label=label)
+        rows = [r['scores'][metric] for r in records]
+        ax.fill_between(ts, [row['control_min'] for row in rows], [row['control_max'] for row in rows],
+                        color=_COLOURS['control'], alpha=0.25, label=f'control range ({draws} draws)')
+        ax.plot(ts, [row['control_mean'] for row in rows], marker='o', color=_COLOURS['control'],
+                label='control mean')
+        ax.errorbar(ts, [row['prior'] for row in rows], capsize=3, marker='o', color=_COLOURS['prior'],
+                    yerr=np.abs(np.array([row['prior_ci'] for row in rows]).T - [row['prior'] for row in rows]),
+                    label='prior (95 % CI)')
+        ax.plot(ts, [row['pixels'] for row in rows], marker='o', color=_COLOURS['pixels'], label='pixels')
         if reference is not None:
             ax.axhline(reference, color='grey', linestyle='--',
                        label='chance' if metric.endswith('separability') else 'hazy input')
         ax.set_title(title, fontsize=10)
         ax.set_xlabel('t')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -675,36 +871,61 @@ def _fmt(value: float, metric: str) -> str:
     return f'{value:.2f}' if 'psnr' in metric else f'{value:.3f}'
 
 
+def _fmt_ci(ci: Sequence[float], metric: str) -> str:
+    return f'[{_fmt(ci[0], metric)}, {_fmt(ci[1], metric)}]'
+
+
+def _fmt_signed(value: float, metric: str) -> str:
+    return f'{value:+.2f}' if 'psnr' in metric else f'{value:+.3f}'
+
+
+_CSV_COLUMNS = ('prior', 'prior_ci_low', 'prior_ci_high', 'control_mean', 'control_min', 'control_max', 'pixels',
+                'pixels_ci_low', 'pixels_ci_high', 'prior_minus_control', 'prior_minus_control_ci_low',
+                'prior_minus_control_ci_high')
+VERDICT_RULE = ('"above control" (or "below control") only when the prior\'s score lies outside the range of the '
+                'control draws AND the 95 % bootstrap interval of prior − control mean excludes 0; otherwise "not '
+                'distinguished"')
+
+
+def _csv_values(row: dict) -> list[float]:
+    return [row['prior'], *row['prior_ci'], row['control_mean'], row['control_min'], row['control_max'],
+            row['pixels'], *row['pixels_ci'], row['prior_minus_control'], *row['prior_minus_control_ci']]
+
+
 def write_reports(out_dir: Path, summary: dict) -> None:
-    """probe.json (everything), probe.csv (a row per t: each metric for prior, control, pixels, prior - control)
-    and probe.md (the same as tables, with the chance levels and the setup)."""
-    records = summary['records']
+    """probe.json (everything, the control draws one by one included), probe.csv (a row per t and metric: prior
+    [CI], control mean [min, max], each control draw, pixels [CI], prior - control [CI], verdict) and probe.md (the
+    same as tables, with the chance levels, the setup and the verdict rule)."""
+    records, draws = summary['records'], summary['control']['draws']
     with atomic_open(out_dir / 'probe.json', 'w') as f:
         f.write(json.dumps(summary, indent=2) + '\n')
-    columns = ['t'] + [f'{m}{s}' for m in METRICS for s in ('', '_control', '_pixels', '_minus_control')]
     with atomic_open(out_dir / 'probe.csv', 'w') as f:
         writer = csv.writer(f, lineterminator='\n')
-        writer.writerow(columns)
+        writer.writerow(['t', 'metric', *_CSV_COLUMNS, *(f'control_draw{k}' for k in range(len(draws))), 'verdict'])
         for r in records:
-            writer.writerow([r['t']] + [f'{v:.6f}' for m in METRICS for v in
-                                        (r[m], r['control'][m], r['pixels'][m], r['minus_control'][m])])
-    ds, chance = summary['dataset'], summary['chance']
+            for metric in METRICS:
+                row = r['scores'][metric]
+                writer.writerow([r['t'], metric, *(f'{v:.6f}' for v in _csv_values(row) + row['control_draws']),
+                                 row['verdict']])
+    ds, chance, stats = summary['dataset'], summary['chance'], summary['statistics']
+    alphas = ', '.join(f't={t}: {a:.4f}' for t, a in summary['pixels']['alphas_cumprod'].items())
     lines = [f"# h-space probe: {summary['name']}", '',
              f"- prior: `{json.dumps(summary['prior']['options'])}` ({summary['prior']['feature_channels']} channels, "
              f"stride {summary['prior']['downsample_factor']})",
-             f"- control: the same with random weights: `{json.dumps(summary['control']['options'])}`",
-             f"- pixels: {summary['pixels']['description']}",
+             f"- control: {len(draws)} draws of the same with random weights (`control_options(network_prior, "
+             f"draw=k)`, init_seed {', '.join(str(d['init_seed']) for d in draws)})",
+             f"- pixels: {summary['pixels']['description']}; ᾱ_t {alphas}",
              f"- data: {ds['hazy_images']} hazy images of {ds['scenes']} scenes ({ds['type']}), "
              f"{ds['size']}x{ds['size']} ({ds['crop']}); hazy input vs clean: "
              f"PSNR {summary['hazy_input']['psnr']:.2f} dB, SSIM {summary['hazy_input']['ssim']:.3f}",
              f"- noise: {ds['noise']}; features: {summary['features']}",
              f"- chance: content separability {chance['content_separability']:.3f} (random neighbour), "
              f"haze separability {chance['haze_separability']:.3f}, haze 1-NN {chance['haze_nn']:.3f}",
+             f"- intervals: {stats['bootstrap']}",
+             f"- verdict: {stats['verdict_rule']}. {stats['verdict_note']}",
              f"- run: {summary['wall_s']:.0f} s, features {summary['feature_s']:.0f} s "
              f"({summary['features_computed']} computed, {summary['features_cached']} from the cache) on "
-             f"{summary['device']}", '',
-             'Read the prior − control column: a network with random weights separates content and haze too, and '
-             'only what the prior adds beyond it can be credited to its training.', '']
+             f"{summary['device']}", '']
     titles = {'content_separability': 'Content separability: leave-one-out 1-NN scene accuracy over hazy + clear',
               'haze_separability': 'Haze separability: grouped CV logistic probe, balanced accuracy (chance 0.5)',
               'haze_nn': 'Haze 1-NN: leave-one-out 1-NN hazy/clear accuracy (low = hazy next to its clean twin)',
@@ -715,10 +936,17 @@ def write_reports(out_dir: Path, summary: dict) -> None:
               'decoder_ssim_clear': 'Decoder: SSIM(D_t(h^cle), clean)',
               'decoder_ssim_hazy_vs_clear': 'Decoder: SSIM(D_t(h^haz), D_t(h^cle))'}
     for metric in METRICS:
-        lines += [f'## {titles[metric]}', '', '| t | prior | control | pixels | prior − control |',
-                  '|---|---|---|---|---|']
-        lines += [f"| {r['t']} | {_fmt(r[metric], metric)} | {_fmt(r['control'][metric], metric)} | "
-                  f"{_fmt(r['pixels'][metric], metric)} | {r['minus_control'][metric]:+.3f} |" for r in records]
+        lines += [f'## {titles[metric]}', '',
+                  f'| t | prior [95 % CI] | control mean [min, max of {len(draws)}] | pixels [95 % CI] | '
+                  'prior − control [95 % CI] | verdict |', '|---|---|---|---|---|---|']
+        for r in records:
+            row = r['scores'][metric]
+            lines.append(f"| {r['t']} | {_fmt(row['prior'], metric)} {_fmt_ci(row['prior_ci'], metric)} | "
+                         f"{_fmt(row['control_mean'], metric)} "
+                         f"{_fmt_ci((row['control_min'], row['control_max']), metric)} | "
+                         f"{_fmt(row['pixels'], metric)} {_fmt_ci(row['pixels_ci'], metric)} | "
+                         f"{_fmt_signed(row['prior_minus_control'], metric)} "
+                         f"{_fmt_ci(row['prior_minus_control_ci'], metric)} | {row['verdict']} |")
         lines.append('')
     with atomic_open(out_dir / 'probe.md', 'w') as f:
         f.write('\n'.join(lines))
@@ -733,6 +961,20 @@ def _grid_examples(data: ProbeData, count: int) -> list[int]:
     return [firsts[p] for p in dict.fromkeys(picks.tolist())]
 
 
+def measure(h_hazy: torch.Tensor, h_clear: torch.Tensor, data: ProbeData, cfg: dict, t: int,
+            device: torch.device) -> tuple[dict[str, PerImage], np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
+    """Every metric of one source's features at t, per image; the flattened features (for t-SNE); and the decoder's
+    reconstructions (r^haz, r^cle)."""
+    x = flatten(torch.cat([h_hazy, h_clear]), cfg['pooling'])
+    outcomes = separability_scores(x, data, cfg)
+    decoder = train_decoder(h_clear, data.clear, cfg['decoder_iters'], cfg['decoder_lr'], cfg['decoder_feat'],
+                            cfg['decoder_batch'], cfg['seed'] + t, device)
+    r_hazy = decode(decoder, h_hazy, cfg['decoder_batch'], device)
+    r_clear = decode(decoder, h_clear, cfg['decoder_batch'], device)
+    outcomes.update(decoder_scores(r_hazy, r_clear, data))
+    return outcomes, x, (r_hazy, r_clear)
+
+
 def run_probe(opt: dict, root: str | Path, device: str | None = None) -> dict:
     """Run the probe of ``opt`` (from ``load_probe_options``) and write results/<name>/ under ``root``.
 
@@ -744,63 +986,56 @@ def run_probe(opt: dict, root: str | Path, device: str | None = None) -> dict:
     out_dir = Path(root) / 'results' / opt['name']
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_pairs(build_probe_dataset(opt['datasets']['probe']), cfg)
-    options = source_options(opt['network_prior'])
-    try:  # the range check every extractor makes, before any work (same T as the prior: source_options)
-        PixelSpace(**{k: v for k, v in options['pixels'].items() if k != 'type'}).check_timesteps(cfg['timesteps'])
-    except ValueError as err:
-        raise ProbeOptionError(f'probe.timesteps: {err}') from err
 
-    feature_start, computed = time.perf_counter(), 0
-    features = {}
-    for label in SOURCES:
-        features[label], n = source_features(label, options[label], data, cfg, dev, out_dir / 'cache')
-        computed += n
+    feature_start = time.perf_counter()
+    features, alphas, computed = all_features(opt, data, dev, out_dir / 'cache')
     feature_s = time.perf_counter() - feature_start
+    controls = [label for label in features if label.startswith('control')]
     shape = features['prior'][cfg['timesteps'][0]][0].shape
-    prior_info = {'options': options['prior'], 'feature_channels': shape[1],
+    prior_info = {'options': opt['network_prior'], 'feature_channels': shape[1],
                   'downsample_factor': math.ceil(cfg['size'] / shape[-1])}
 
     scene, is_hazy = data.labels()
     chance = {'content_separability': nn_chance(scene), 'haze_separability': 0.5, 'haze_nn': nn_chance(is_hazy)}
-    hazy_psnr, hazy_ssim = image_scores(data.hazy, data.clear[data.scene])
+    hazy_psnr, hazy_ssim = (float(v.mean()) for v in image_scores(data.hazy, data.clear[data.scene]))
+    scene_counts = scene_resamples(len(data.clear), cfg['bootstrap_samples'], cfg['seed'])
     examples = _grid_examples(data, cfg['grid_images'])
+    shown = {'prior': 'prior', 'control': controls[0], 'pixels': 'pixels'}  # t-SNE and decoder grids
     records, embeddings = [], {}
-    recon: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {label: {} for label in SOURCES}
-    steps = tqdm(total=len(cfg['timesteps']) * len(SOURCES), desc='probe: analysis', unit='step')
+    recon: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {kind: {} for kind in SOURCES}
+    steps = tqdm(total=len(cfg['timesteps']) * len(features), desc='probe: analysis', unit='step')
     for t in cfg['timesteps']:
-        scores, embeddings[t] = {}, {}
-        for label in SOURCES:
+        outcomes, embeddings[t] = {}, {}
+        for label, feats in features.items():
             steps.set_postfix(t=t, source=label)
-            h_hazy, h_clear = features[label][t]
-            x = flatten(torch.cat([h_hazy, h_clear]), cfg['pooling'])
-            scores[label] = separability_scores(x, data, cfg)
-            decoder = train_decoder(h_clear, data.clear, cfg['decoder_iters'], cfg['decoder_lr'], cfg['decoder_feat'],
-                                    cfg['decoder_batch'], cfg['seed'] + t, dev)
-            r_hazy = decode(decoder, h_hazy, cfg['decoder_batch'], dev)
-            r_clear = decode(decoder, h_clear, cfg['decoder_batch'], dev)
-            scores[label].update(decoder_scores(r_hazy, r_clear, data))
-            recon[label][t] = (r_hazy[examples], r_clear[data.scene[examples]])
-            embeddings[t][label] = tsne_embedding(x, cfg['tsne_perplexity'], cfg['seed'])
+            outcomes[label], x, (r_hazy, r_clear) = measure(*feats[t], data, cfg, t, dev)
+            for kind, shown_label in shown.items():
+                if shown_label == label:
+                    recon[kind][t] = (r_hazy[examples], r_clear[data.scene[examples]])
+                    embeddings[t][kind] = tsne_embedding(x, cfg['tsne_perplexity'], cfg['seed'])
             steps.update()
-        records.append({'t': t, 'feature_shape': list(features['prior'][t][0].shape[1:]), **scores['prior'],
-                        'control': scores['control'], 'pixels': scores['pixels'],
-                        'minus_control': {m: scores['prior'][m] - scores['control'][m] for m in METRICS}})
+        scores = {metric: summarise_scores(outcomes['prior'][metric], [outcomes[c][metric] for c in controls],
+                                           outcomes['pixels'][metric], scene_counts) for metric in METRICS}
+        records.append({'t': t, 'feature_shape': list(features['prior'][t][0].shape[1:]), 'scores': scores})
         plot_tsne(out_dir / f'tsne_t{t:04d}.png', embeddings[t], data, t)
     steps.close()
 
     plot_tsne_overview(out_dir / 'tsne_overview.png', embeddings, data)
-    plot_curves(out_dir / 'separability.png', records, chance, hazy_psnr)
+    plot_curves(out_dir / 'separability.png', records, chance, hazy_psnr, len(controls))
     if examples:
-        for label in SOURCES:
-            plot_decoder_grid(out_dir / f'decoder_grid_{label}.png', label, examples, data, recon[label])
+        for kind in SOURCES:
+            plot_decoder_grid(out_dir / f'decoder_grid_{kind}.png', f'{kind} ({shown[kind]})', examples, data,
+                              recon[kind])
     ds_opt = opt['datasets']['probe']
+    draws = [control_options(opt['network_prior'], draw=k) for k in range(cfg['control_draws'])]
     summary = {
         'name': opt['name'], 'option_file': opt.get('option_file'),
         'prior': prior_info,
-        'control': {'options': options['control'], 'description': 'control_options(network_prior): the same '
-                    'extractor and architecture with random weights'},
-        'pixels': {'options': options['pixels'], 'description': "x_t in image space (3 x size x size), noised "
-                   "with the prior's seed and schedule"},
+        'control': {'options': draws[0], 'draws': draws,
+                    'description': 'control_options(network_prior, draw=k): the same member and architecture with '
+                                   'random weights, one init_seed per draw; t-SNE and decoder grids show draw 0'},
+        'pixels': {'description': "x_t in image space (3 x size x size), noised with the built prior's ᾱ_t and seed",
+                   'alphas_cumprod': alphas},
         'dataset': {'options': ds_opt, 'type': ds_opt['type'], 'hazy_images': len(data.hazy),
                     'scenes': len(data.clear), 'scene_names': data.names, 'size': cfg['size'], 'crop': cfg['crop'],
                     'noise': cfg['noise'], 'digest': data.digest, 'hazy_paths': data.hazy_paths},
@@ -811,10 +1046,21 @@ def run_probe(opt: dict, root: str | Path, device: str | None = None) -> dict:
             'content_separability': 'mean over images of (n_scene - 1) / (N - 1): a random other image',
             'haze_separability': 'balanced accuracy of any input-blind classifier',
             'haze_nn': 'mean over images of (n_label - 1) / (N - 1)'},
+        'statistics': {
+            'bootstrap': f"95 % percentile intervals over {cfg['bootstrap_samples']} resamples of the "
+                         f"{len(data.clear)} scenes (with replacement, seed {cfg['seed']}); scenes, not images, "
+                         'because the images of one scene are not independent; per-image outcomes are kept, not '
+                         'refitted; prior − control is paired (the same resampled scenes)',
+            'verdict_rule': VERDICT_RULE,
+            'verdict_note': f"The intervals cover which scenes were probed, not which random network was drawn: a "
+                            f"random network's score lies above all {len(controls)} control draws with probability "
+                            f"1/{len(controls) + 1}, so the range alone is a weak yardstick with few draws.",
+            'samples': cfg['bootstrap_samples'], 'control_draws': len(controls)},
         'hazy_input': {'psnr': hazy_psnr, 'ssim': hazy_ssim},
         'probe': cfg, 'device': str(dev),
         'wall_s': time.perf_counter() - start, 'feature_s': feature_s,
-        'features_computed': computed, 'features_cached': len(SOURCES) * len(cfg['timesteps']) - computed,
+        'features_computed': sum(computed.values()),
+        'features_cached': len(features) * len(cfg['timesteps']) - sum(computed.values()),
         'records': records,
     }
     write_reports(out_dir, summary)

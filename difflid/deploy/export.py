@@ -9,11 +9,13 @@ caller but tiling:
                        whole image, a tile's position when tiling
     output   restored  (B, 3, H, W) float32, not clamped (as ``restore``)
 
-Inside: padding to the prior's stride (``pad_by_gather``: the rows and columns of ``pad_to_multiple``, reflect, or
-replicate where a side is too short), the map to [-1, 1], x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε at t1 and t2 with ε
-computed in the graph from (seed, t, channel, y + top, x + left) by ``PositionNoise`` (the same bits as
-``difflid.priors.noise.position_noise``), the prior's encoder (``GuidanceExtractor._features``, in float32), the
-network, and the crop back to H x W.
+Inside, as ``restore`` and ``GuidanceExtractor.forward``: padding to the prior's stride (``pad_by_gather``: the rows
+and columns of ``pad_to_multiple``, reflect, or replicate where a side is too short), then on to the prior's
+``input_multiple`` (larger than the stride for a decoder tap or the released features), the map to [-1, 1],
+x_t = sqrt(ᾱ_t)·x + sqrt(1-ᾱ_t)·ε at t1 and t2 with ε computed in the graph from (seed, t, channel, y + top,
+x + left) by ``PositionNoise`` (the same bits as ``difflid.priors.noise.position_noise``), the prior's tap
+(``GuidanceExtractor._features``, in float32) cropped to the cells of the image padded to the stride, the network on
+that image, and the crop back to H x W.
 
 Attention: ``attention='fused'`` (default) exports ``scaled_dot_product_attention`` as onnxruntime's
 ``com.microsoft.MultiHeadAttention``, whose CPU kernel never holds the (queries x keys) matrix; ``'matmul'`` uses
@@ -129,8 +131,8 @@ def pad_by_gather(x: torch.Tensor, multiple: int) -> torch.Tensor:
 class GraphRestorer(nn.Module):
     """``restore(net, image, prior)`` for one image or tile at ``origin``, written for export (see the module
     docstring for the graph's inputs and output). It reuses the network and the prior's ``_features`` as they are
-    and re-states only the prior's input path (pad, noise, q_sample) without the Python branches that would fix the
-    exported size.
+    and re-states only the prior's input path (pad to the stride and on to ``input_multiple``, noise, q_sample, the
+    crop of the features) without the Python branches on sizes that would fix the exported size.
 
     Args:
         net: The trained network, ``net(x, f_cim, f_hae)``.
@@ -143,7 +145,7 @@ class GraphRestorer(nn.Module):
         t1, t2 = prior.timesteps[:2]
         unique = list(dict.fromkeys((t1, t2)))
         self.pick = (unique.index(t1), unique.index(t2))
-        self.stride = prior.downsample_factor
+        self.stride, self.input_multiple = prior.downsample_factor, prior.input_multiple
         self.noise = PositionNoise(prior.seed, unique, 3)
         # as q_sample: ᾱ_t taken to float32 first, the square roots in float32
         alpha = prior.alphas_cumprod.detach().cpu()[torch.tensor(unique)].float()[:, None, None, None, None]
@@ -153,12 +155,17 @@ class GraphRestorer(nn.Module):
 
     def forward(self, image: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = image.shape
-        padded = pad_by_gather(image, self.stride)
-        eps = self.noise(padded, origin)  # (T, 3, H', W'): one window for every image of the batch
-        x_t = self.sqrt_alpha * (padded * 2 - 1)[None] + self.sqrt_one_minus_alpha * eps[:, None]  # (T, B, 3, H', W')
+        padded = pad_by_gather(image, self.stride)  # the network's input, as restore()
+        # the prior's input, as GuidanceExtractor.forward: the clean image padded on to input_multiple before noising
+        x0 = padded if self.input_multiple == self.stride else pad_by_gather(padded, self.input_multiple)
+        eps = self.noise(x0, origin)  # (T, 3, H'', W''): one window for every image of the batch
+        x_t = self.sqrt_alpha * (x0 * 2 - 1)[None] + self.sqrt_one_minus_alpha * eps[:, None]  # (T, B, 3, H'', W'')
         # (T·B,) timesteps, t-major like x_t; a sum, not expand().flatten(), whose copy-or-view would guard on B == 1
         t = (self.timesteps[:, None] + torch.zeros(1, batch, dtype=torch.int64, device=image.device)).flatten()
         feats = self.prior._features(x_t.flatten(0, 1), t).float()
+        if self.input_multiple != self.stride:  # the cells of the image padded to the stride (gathers: see below)
+            feats = feats.index_select(-2, torch.arange(padded.shape[-2] // self.stride, device=image.device))
+            feats = feats.index_select(-1, torch.arange(padded.shape[-1] // self.stride, device=image.device))
         f_cim, f_hae = (feats[i * batch:(i + 1) * batch] for i in self.pick)
         restored = self.net(padded, f_cim, f_hae)
         # NOTE: the crop as gathers too: a slice makes torch.export guard on whether it is a no-op (H' == H)
@@ -212,8 +219,9 @@ def export_program(restorer: Restorer, batch: int | None = None) -> torch.export
     except Exception as err:  # torch.export raises many types; all mean "this network or prior does not trace"
         first = str(err).strip().splitlines()[0] if str(err).strip() else ''
         raise ExportError(f'torch.export failed on network_g {type(restorer.net).__name__} with network_prior '
-                          f'{type(restorer.prior).__name__} ({type(err).__name__}: {first}); known to export: '
-                          'DiffLI2D with HSpaceExtractor, ReleasedFeatureExtractor or TimmFeatureExtractor') from err
+                          f'{type(restorer.prior).__name__} ({type(err).__name__}: {first}); known to export '
+                          '(tests/test_export.py): DiffLI2D with HSpaceExtractor, ReleasedFeatureExtractor, '
+                          'TimmFeatureExtractor or DiffusersUNetExtractor') from err
 
 
 def _fused_attention_translation() -> Callable:

@@ -71,12 +71,16 @@ _ADM256 = dict(
     resblock_updown=True,
     use_new_attention_order=False,
 )
+_ADM256_UNCOND = dict(image_size=256, num_channels=256, num_res_blocks=2, channel_mult='', learn_sigma=True,
+                      class_cond=False, attention_resolutions='32,16,8', num_head_channels=64, resblock_updown=True,
+                      use_scale_shift_norm=True)
 ADM_PRESETS: dict[str, dict] = {
     'adm64_cond': {**_ADM256, 'image_size': 64, 'num_channels': 192, 'num_res_blocks': 3, 'class_cond': True,
                    'dropout': 0.1, 'use_new_attention_order': True},
     'adm128_cond': {**_ADM256, 'image_size': 128, 'class_cond': True, 'num_head_channels': -1},
     'adm256_cond': {**_ADM256, 'class_cond': True},
-    'adm256_uncond': dict(_ADM256),
+    # unchanged since the first release (ADMUNet's defaults supply num_heads 4, dropout 0, the legacy order)
+    'adm256_uncond': _ADM256_UNCOND,
     'adm512_cond': {**_ADM256, 'image_size': 512, 'class_cond': True},  # channel_mult (0.5,1,1,2,2,4,4)
     'lsun_bedroom': {**_ADM256, 'dropout': 0.1},
     'lsun_cat': {**_ADM256, 'dropout': 0.1},
@@ -84,7 +88,7 @@ ADM_PRESETS: dict[str, dict] = {
     'lsun_horse_nodropout': {**_ADM256, 'dropout': 0.0},
     'dps_ffhq': {**_ADM256, 'num_channels': 128, 'num_res_blocks': 1, 'attention_resolutions': '16'},
     # the same depth as the 256x256 models (h-space still at H/32) with 2.3 M parameters: tests and demos
-    'adm_tiny': {**_ADM256, 'num_channels': 32, 'num_res_blocks': 1, 'channel_mult': '1,1,1,2,2,2',
+    'adm_tiny': {**_ADM256_UNCOND, 'num_channels': 32, 'num_res_blocks': 1, 'channel_mult': '1,1,1,2,2,2',
                  'attention_resolutions': '16,8', 'num_head_channels': 32},
 }
 
