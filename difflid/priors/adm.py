@@ -102,24 +102,21 @@ def build_adm_unet(owner: str, unet: str | dict, checkpoint: str | None, random_
                    encoder_only: bool) -> ADMUNet:
     """The frozen ADM UNet of a feature source (``owner`` names it in errors and logs): the guided-diffusion
     ``checkpoint``, or, only with ``random_weights``, weights drawn from ``init_seed`` (the same in every
-    process and run, without touching the global RNG). The network records the schedule it was trained with as
-    ``noise_schedule`` (DiffLoss reads it from a shared UNet)."""
+    process and run, without touching the global RNG). A trained checkpoint's recorded schedule must be the one the
+    flags name (``adm_noise_schedule``)."""
     if checkpoint is None and not random_weights:
         raise ValueError(f'{owner}: no checkpoint given. {ADM_CHECKPOINT_HELP} '
                          '(For tests and demos only, `random_weights: true` builds a random prior.)')
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         net = ADMUNet(**adm_flags(unet), encoder_only=encoder_only)
-    net.noise_schedule = adm_noise_schedule(unet)
     if checkpoint is None:
         logger.warning(f'{owner}: the diffusion prior has RANDOM weights (random_weights: true); '
                        'its features carry no ImageNet knowledge, fine for tests and demos only.')
     else:
-        load_adm_checkpoint(net, checkpoint, net.noise_schedule)
+        load_adm_checkpoint(net, checkpoint, adm_noise_schedule(unet))
         logger.info(f'{owner}: loaded diffusion prior from {checkpoint}')
     return net
-
-
 
 
 class ADMFeatureSource(GuidanceExtractor):
