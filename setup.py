@@ -23,6 +23,8 @@ setup(
         'torchvision>=0.16',
         'basicsr==1.4.2',
         'mmengine>=0.10',
+        'pillow',  # EXIF orientation of users' photos (difflid/image_io.py)
+        'jsonschema>=4.18',  # option files are checked against a JSON schema before a run starts
         'lmdb',
         'opencv-python',
         'lpips',
@@ -42,7 +44,7 @@ setup(
     # model (tools/infer.py -opt model.onnx; onnxruntime-gpu instead for CUDA). Lower bounds: the versions tested.
     extras_require={'diffusers': ['diffusers>=0.30'],
                     'onnx': ['onnx>=1.23', 'onnxscript>=0.7'],
-                    'onnxruntime': ['onnxruntime>=1.32'],
+                    'onnxruntime': ['onnxruntime>=1.32', 'pillow'],
                     'dev': ['pytest', 'ruff', 'import-linter', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30',
                             'onnx>=1.23',
                             'onnxscript>=0.7', 'onnxruntime>=1.32']},

@@ -7,15 +7,17 @@
 
 Writes <dst>/lq, <dst>/gt (links to your files; --copy to copy), <dst>/<split>.txt pair lists and, with
 --lmdb, <dst>/lq.lmdb and <dst>/gt.lmdb. Prints what was paired and every file skipped, with the reason.
+'paired': several degraded versions of one clean image pair by name: input NAME_k (k a number) -> target NAME,
+unless a target is named NAME_k itself. Folders get the mode mkdir gives them (0777 less your umask).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import difflid  # noqa: F401  basicsr's LMDB writer needs the compat shim
 
 # isort: split
 from difflid.data.prep import BENCHMARKS, prepare_dataset
+from difflid.utils.errors import user_error_exit
 
 
 def main() -> None:
@@ -37,12 +39,12 @@ def main() -> None:
         splits = layout(Path(args.src))
         if args.split:
             if len(splits) != 1:
-                sys.exit(f'error: --split applies to single-split datasets, {args.dataset} has {sorted(splits)}')
+                user_error_exit(f'--split applies to single-split datasets, {args.dataset} has {sorted(splits)}')
             splits = {args.split: next(iter(splits.values()))}
         report = prepare_dataset(splits, args.dst, lmdb=args.lmdb, copy=args.copy, convert=args.convert,
                                  gt_border_crop=border, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as err:
-        sys.exit(f'error: {err}')
+        user_error_exit(err)
     print(report.summary(Path(args.dst)))
 
 

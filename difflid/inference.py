@@ -10,6 +10,8 @@ from torch import nn
 
 from difflid.priors.base import GuidanceExtractor
 from difflid.priors.builder import build_prior
+from difflid.utils.checkpoint_io import load_network_weights
+from difflid.utils.errors import OptionError
 from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.paths import locate_paths
@@ -52,7 +54,8 @@ class Restorer:
     Args:
         network_g: The ``network_g`` option block.
         network_prior: The ``network_prior`` block, or None for networks without a prior.
-        weights: net_g checkpoint (basicsr format), or None for networks without weights (DCP).
+        weights: net_g checkpoint (basicsr format, or a plain state dict), or None for networks without weights
+            (DCP).
         param_key: Key of the weights in the checkpoint ('params' or 'params_ema'; falls back to 'params').
         device: 'cpu' or 'cuda'.
         dtype: 'fp32', 'bf16' or 'fp16' (autocast; fp16 needs a GPU).
@@ -72,12 +75,9 @@ class Restorer:
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
         self.tile, self.tile_overlap = tile, tile_overlap
         self.net = build_network(dict(network_g))
-        if weights is not None:
-            state = torch.load(weights, map_location='cpu', weights_only=True)
-            if not isinstance(state, dict) or not ({param_key, 'params'} & set(state)):
-                raise ValueError(f'{weights} is not a basicsr net_g checkpoint (no {param_key!r} or params)')
-            params = state[param_key] if param_key in state else state['params']
-            self.net.load_state_dict({k.removeprefix('module.'): v for k, v in params.items()}, strict=True)
+        if weights is not None:  # a misfit names the options that differ from those the checkpoint records
+            load_network_weights(self.net, weights, param_key,
+                                 expected_config={'network_g': network_g, 'network_prior': network_prior})
         self.net.to(self.device).eval()
         self.prior = build_prior(network_prior).to(self.device) if network_prior else None
 
@@ -111,6 +111,10 @@ class Restorer:
             except FileNotFoundError as err:  # the prior's own message says what to download; add where we looked
                 if missing:
                     raise FileNotFoundError(f'{err}\n{path}: ' + '\n'.join(missing)) from err
+                raise
+            except OptionError as err:  # weights that do not fit: say where the network options came from
+                if path.suffix in ('.yml', '.yaml'):
+                    raise OptionError(f'{err}\n  (the network options are those of {path})') from err
                 raise
 
         if path.suffix in ('.yml', '.yaml'):

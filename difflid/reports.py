@@ -75,6 +75,12 @@ def _lower_is_better(metric: str, reports: list[dict]) -> bool:
     return any(word in metric.lower() for word in ('lpips', 'fid', 'niqe'))
 
 
+def _ranked(metric: str, shown: dict[str, str]) -> bool:
+    """Whether a column's best is worth bolding: not the degraded input's own score (``<metric>_input``, the same
+    input for every method), and not a column where every method shows the same value (nothing is best)."""
+    return not metric.endswith('_input') and len(set(shown.values())) > 1
+
+
 def _label(img: np.ndarray, text: str) -> np.ndarray:
     img = img.copy()
     scale = max(0.4, img.shape[1] / 600)
@@ -95,10 +101,11 @@ def write_sheet(path: str | Path, panels: dict[str, np.ndarray]) -> None:
 
 
 def compare_results(folders: list[str | Path], names: list[str] | None = None) -> str:
-    """One Markdown table per test set found in every folder: mean of each metric per method, the best in bold,
-    and, against the first method, on how many images each other method scores better on the first per-image
-    metric. Per-image metrics come from ``metrics_<set>.csv``; set-level ones (FID) from ``metrics_<set>.json``
-    (or, for older reports, the ``metrics_<set>.md`` mean table), since no per-image CSV can hold them."""
+    """One Markdown table per test set found in every folder: mean of each metric per method, the best in bold
+    (as shown, to 4 decimals; not in the inputs' own ``*_input`` columns nor where all methods agree), and,
+    against the first method, on how many images each other method scores better on the first per-image metric.
+    Per-image metrics come from ``metrics_<set>.csv``; set-level ones (FID) from ``metrics_<set>.json`` (or, for
+    older reports, the ``metrics_<set>.md`` mean table), since no per-image CSV can hold them."""
     folders = [Path(f) for f in folders]
     names = names or [f.name for f in folders]
     if len(names) != len(folders):
@@ -127,9 +134,10 @@ def compare_results(folders: list[str | Path], names: list[str] | None = None) -
                           **{m: float(report['means'][m]) for m in set_level}}
         for m in metrics + set_level:
             lower_better = _lower_is_better(m, reports)
-            best = (min if lower_better else max)(rows[n][m] for n in names)
+            shown = {n: f'{rows[n][m]:.4f}' for n in names}
+            best = (min if lower_better else max)(shown.values(), key=float)
             for n in names:
-                rows[n][m] = f'**{rows[n][m]:.4f}**' if rows[n][m] == best else f'{rows[n][m]:.4f}'
+                rows[n][m] = f'**{shown[n]}**' if _ranked(m, shown) and shown[n] == best else shown[n]
             if len(names) > 1 and metrics and m == metrics[0]:
                 for name, table in zip(names[1:], tables[1:], strict=True):
                     paired = [(r[m], base[r['image']][m]) for r in table if r['image'] in base]

@@ -1,5 +1,5 @@
-"""difflid/compat.py (import-time: the torchvision alias only) and difflid/entry.py (what the tools
-change in basicsr while its pipelines run), plus RestorationModel.model_to_device (DDP on the CPU, no DataParallel)."""
+"""difflid/compat.py (import-time: the torchvision alias only) and difflid.entry (the tools' start-up, built from
+basicsr's parts without changing basicsr), plus RestorationModel.model_to_device (DDP on the CPU, no DataParallel)."""
 import json
 import os
 import subprocess
@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import distributed as dist
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from difflid import entry as basicsr_entry
-from difflid.entry import OptionError, patched_basicsr
+from difflid.entry import OptionError
 from difflid.models import base_restoration
 from difflid.models.base_restoration import RestorationModel
 from tests.conftest import REPO_ROOT, free_port
@@ -55,18 +56,29 @@ def test_import_difflid_leaves_basicsr_functions_alone():
     assert basicsr.utils.options.init_dist is basicsr.utils.dist_util.init_dist
 
 
-def test_patched_basicsr_installs_the_entry_behaviour_and_restores_basicsr_after():
-    import basicsr.train
-    import basicsr.utils.options
+def test_the_tools_entry_points_leave_basicsr_alone(tmp_path, capsys):
+    """difflid's train/test are built from basicsr's parts: running one (here up to its --check) patches nothing."""
+    from difflid.entry import train
+    from tests.conftest import write_pairs
 
+    gt, lq = write_pairs(tmp_path / 'data', 2)
+    run = {'name': 'tiny', 'model_type': 'ImageRestorationModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
+           'datasets': {'train': {'name': 'toy', 'type': 'PairedImageDataset', 'dataroot_gt': str(gt),
+                                  'dataroot_lq': str(lq), 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
+                                  'gt_size': 32, 'use_hflip': True, 'use_rot': False, 'num_worker_per_gpu': 0,
+                                  'batch_size_per_gpu': 1}},
+           'network_g': {'type': 'DCP'},
+           'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+           'train': {'optim_g': {'type': 'Adam', 'lr': 1.0e-3}, 'total_iter': 2,
+                     'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
+                     'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+           'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False}}
+    (tmp_path / 'run.yml').write_text(yaml.safe_dump(run))
     before = _basicsr_functions()
-    with pytest.raises(RuntimeError, match='inside'):
-        with patched_basicsr():
-            assert basicsr.train.load_resume_state is basicsr_entry.load_resume_state
-            assert basicsr.utils.options.init_dist is basicsr_entry.init_dist
-            assert basicsr.train.parse_options is not before['train.parse_options']
-            raise RuntimeError('inside')  # restored even when the pipeline fails
+    train(tmp_path, ['-opt', str(tmp_path / 'run.yml'), '--check'])
     assert _basicsr_functions() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['data', 'run.yml']  # --check creates nothing
+    assert capsys.readouterr().out.strip()
 
 
 def _resume_opt(root, auto_resume):
@@ -148,27 +160,23 @@ def test_unknown_launcher_is_named():
         basicsr_entry.init_dist('mpi')
 
 
-# Builds the training loader exactly as tools/train.py does (basicsr's parse_options and
-# create_train_val_dataloader inside patched_basicsr), reports what one process gets, and stops.
+# Builds the training loader exactly as tools/train.py does (difflid.entry's option preparation and loaders),
+# reports what one process gets, and stops.
 _LOADER_PROBE = """
 import json, sys
 from pathlib import Path
 
 import difflid  # noqa: F401
 
-import basicsr.train
 from basicsr.utils import get_root_logger
 
-from difflid.entry import patched_basicsr
-from difflid.utils.options import prepare_argv
+from difflid.entry import create_train_val_loaders, prepare_options
 
 out = Path(sys.argv.pop(1))
-sys.argv = prepare_argv(sys.argv)
-with patched_basicsr():
-    opt, _ = basicsr.train.parse_options(str(out), is_train=True)
-    loader, _, _, epochs, _ = basicsr.train.create_train_val_dataloader(opt, get_root_logger())
-    batch = next(iter(loader))['lq'].shape[0]
-report = {'world_size': opt['world_size'], 'batch': batch, 'per_epoch': len(loader), 'epochs': epochs}
+opt = prepare_options(sys.argv[1:], out, is_train=True).opt
+data = create_train_val_loaders(opt, get_root_logger())
+batch = next(iter(data.loader))['lq'].shape[0]
+report = {'world_size': opt['world_size'], 'batch': batch, 'per_epoch': len(data.loader), 'epochs': data.total_epochs}
 (out / f"rank{opt['rank']}.json").write_text(json.dumps(report))
 """
 

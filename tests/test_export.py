@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -418,20 +419,22 @@ def test_infer_with_an_onnx_model_imports_neither_torch_nor_basicsr_and_writes_w
         assert np.abs(ours.astype(np.int64) - theirs).max() <= 1  # one rounding step at most
 
 
-def test_infer_with_an_onnx_model_rejects_other_precisions(model, tmp_path, monkeypatch):
+def test_infer_with_an_onnx_model_rejects_other_precisions(model, tmp_path, monkeypatch, capsys):
     _inputs(tmp_path / 'in')
     monkeypatch.setattr(sys, 'argv', ['infer.py', '-opt', str(model.onnx), '-i', str(tmp_path / 'in'), '-o',
                                       str(tmp_path / 'out'), '--dtype', 'bf16'])
-    with pytest.raises(SystemExit, match='computes in float32'):
+    with pytest.raises(SystemExit) as done:
         runpy.run_path(str(REPO_ROOT / 'tools' / 'infer.py'), run_name='__main__')
+    assert done.value.code == 2 and 'computes in float32' in capsys.readouterr().err
 
 
-def test_export_tool_reports_the_check_and_fails_in_one_line(model, tmp_path, monkeypatch):
+def test_export_tool_reports_the_check_and_fails_in_one_line(model, tmp_path, monkeypatch, capsys):
     psnr = float(model.printed.split('onnxruntime vs PyTorch on a 70x100 image: ')[1].split(' dB')[0])
     assert psnr > THRESHOLD and f'wrote {model.onnx}' in model.printed
     monkeypatch.setattr(sys, 'argv', ['export.py', '-opt', str(tmp_path / 'missing.pth'), '-o', 'x.onnx'])
-    with pytest.raises(SystemExit, match='error: .*missing.pth not found'):
+    with pytest.raises(SystemExit) as done:
         runpy.run_path(str(REPO_ROOT / 'tools' / 'export.py'), run_name='__main__')
+    assert done.value.code == 2 and re.search('error: .*missing.pth not found', capsys.readouterr().err)
 
 
 def test_the_runner_file_loads_without_the_package():

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from difflid.entry import OptionError, patched_basicsr, translate_options
+from difflid.entry import OptionError, create_train_val_loaders, translate_options
 from difflid.utils.options import prepare_argv, resolve_option_file
 from tests.conftest import REPO_ROOT
 
@@ -115,14 +115,10 @@ def _loader_opt(tmp_path, pairs, batch, total_iter):
 
 
 def test_the_epoch_count_covers_total_iter_with_drop_last(tmp_path):
-    import basicsr.train
     from basicsr.utils import get_root_logger
 
-    with patched_basicsr():
-        loader, _, _, epochs, total_iter = basicsr.train.create_train_val_dataloader(
-            _loader_opt(tmp_path, pairs=5, batch=2, total_iter=12), get_root_logger())
-    assert len(loader) == 2  # 5 pairs at batch 2: the loader drops the fifth (basicsr 1.4.2 counts 3 per epoch)
-    assert epochs == 6  # basicsr's range(epochs + 1) then runs up to 14 iterations; with its own count, 10 < 12
-    with patched_basicsr(), pytest.raises(OptionError, match='fewer than the batch'):
-        basicsr.train.create_train_val_dataloader(_loader_opt(tmp_path, pairs=1, batch=2, total_iter=4),
-                                                  get_root_logger())
+    data = create_train_val_loaders(_loader_opt(tmp_path, pairs=5, batch=2, total_iter=12), get_root_logger())
+    assert len(data.loader) == data.per_epoch == 2  # 5 pairs at batch 2: the loader drops the fifth (1.4.2 counts 3)
+    assert data.total_epochs == 6  # 6 epochs of 2 iterations give the 12; basicsr's count of 3 gave 4 epochs
+    with pytest.raises(OptionError, match='fewer than the batch'):
+        create_train_val_loaders(_loader_opt(tmp_path, pairs=1, batch=2, total_iter=4), get_root_logger())

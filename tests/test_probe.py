@@ -3,6 +3,7 @@ computations, intervals and the verdict rule on hand-made cases with known answe
 control draws, the noise every source gives image k, the feature cache, and option errors."""
 import csv
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -399,3 +400,52 @@ def test_cli_prints_one_error_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "'timestep'" in result.stderr and result.stderr.startswith('error:')
+
+
+# ------------------------------------------------------------------ figures and log lines
+
+def _probe_data(scenes: int) -> probe.ProbeData:
+    return probe.ProbeData(torch.zeros(2 * scenes, 3, 8, 8), torch.zeros(scenes, 3, 8, 8),
+                           np.repeat(np.arange(scenes), 2), [f'scene{i:02d}' for i in range(scenes)], [], '')
+
+
+@pytest.mark.parametrize('scenes', [4, 25])
+def test_tsne_figures_name_the_scenes(tmp_path, scenes):
+    data = _probe_data(scenes)
+    emb = np.random.default_rng(0).normal(size=(3 * scenes, 2))
+    figures = [probe.plot_tsne(tmp_path / 'one.png', {k: emb for k in probe.SOURCES}, data, 0),
+               probe.plot_tsne_overview(tmp_path / 'all.png', {0: {k: emb for k in probe.SOURCES}}, data)]
+    for fig in figures:
+        if scenes <= 20:  # a legend entry per scene, in the scatter's colours
+            (legend,) = fig.legends
+            assert [t.get_text() for t in legend.get_texts()] == data.names
+            colours = probe._scene_colours(scenes)
+            assert [tuple(h.get_color()) for h in legend.legend_handles] == [tuple(c) for c in colours]
+        else:  # a colour bar whose ticks are scene names
+            (bar,) = [ax for ax in fig.axes if ax.get_label() == '<colorbar>']
+            ticks = [t.get_text() for t in bar.get_yticklabels()]
+            assert ticks[0] == 'scene00' and ticks[-1] == f'scene{scenes - 1}' and set(ticks) <= set(data.names)
+
+
+def test_random_weights_warning_names_the_control(tmp_path):
+    """A control is random on purpose: its build logs that, naming it; the probed prior's own warning stays."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger('basicsr')
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # an earlier test's run may have left the shared logger at another level
+    try:
+        prior = tiny_options(tmp_path)['network_prior']
+        probe._built(probe.control_options(prior, draw=0), 'control (control0)', [0], torch.device('cpu'))
+        control = [(r.levelno, r.getMessage()) for r in records]
+        records.clear()
+        probe._built(prior, 'prior', [0], torch.device('cpu'))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert (logging.INFO, 'probe control (control0): HSpaceExtractor has random weights on purpose, as the control '
+                          'the prior is compared with') in control
+    assert not [m for level, m in control if level >= logging.WARNING]
+    assert [r.levelno for r in records if 'RANDOM weights' in r.getMessage()] == [logging.WARNING]

@@ -152,16 +152,16 @@ def test_infer_handles_every_kind_of_input(tmp_path, monkeypatch, capsys):
     assert results['alpha.png'].shape == (45, 70, 4) and (results['alpha.png'][..., 3] == 77).all()
     assert results['deep.png'].dtype == np.uint16
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
-    # writing into the input folder with the same names is refused file by file, never overwriting
+    # writing into the input folder with the same names is refused before anything is written
     monkeypatch.setattr(sys, 'argv', ['infer.py', '-opt', str(tmp_path / 'net.pth'), '-i', str(inputs / 'odd.jpg'),
                                       '-o', str(inputs), '--ext', 'same'])
     with pytest.raises(SystemExit) as code:
         runpy.run_path(str(REPO_ROOT / 'tools' / 'infer.py'), run_name='__main__')
-    assert code.value.code == 1 and 'would overwrite the input' in capsys.readouterr().out
+    assert code.value.code == 2 and 'would overwrite their input: odd.jpg' in capsys.readouterr().err
     assert (inputs / 'odd.jpg').read_bytes() == before['odd.jpg']
 
 
-def test_infer_without_images_is_an_error_naming_what_it_looked_for(tmp_path, monkeypatch):
+def test_infer_without_images_is_an_error_naming_what_it_looked_for(tmp_path, monkeypatch, capsys):
     _trained_like_checkpoint(tmp_path / 'net.pth')
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -171,8 +171,8 @@ def test_infer_without_images_is_an_error_naming_what_it_looked_for(tmp_path, mo
                                           '-o', str(tmp_path / 'out')])
         with pytest.raises(SystemExit) as code:
             runpy.run_path(str(REPO_ROOT / 'tools' / 'infer.py'), run_name='__main__')
-        message = str(code.value.code)
-        assert code.value.code not in (0, None) and str(spec) in message and '.png' in message and '.jpg' in message
+        message = capsys.readouterr().err
+        assert code.value.code == 2 and str(spec) in message and '.png' in message and '.jpg' in message
     assert not (tmp_path / 'out').exists()
 
 
@@ -196,7 +196,8 @@ def test_tile_options_come_from_the_option_file_unless_given(tmp_path, monkeypat
         with pytest.raises(SystemExit) as code:
             runpy.run_path(str(REPO_ROOT / 'tools' / 'infer.py'), run_name='__main__')
         if expected:
-            assert 'multiple of 32' in str(code.value.code) and str(option) in str(code.value.code)
+            message = capsys.readouterr().err
+            assert code.value.code == 2 and 'multiple of 32' in message and str(option) in message
         else:
             assert code.value.code == 0 and 'restored 1 of 1' in capsys.readouterr().out
 

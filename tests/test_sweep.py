@@ -160,10 +160,11 @@ def test_dry_run_says_what_would_run_and_writes_nothing(project, monkeypatch, ca
     ('train.total_iter.x=2', r"unknown key 'train\.total_iter\.x': train\.total_iter is not a block"),
     ('name=other', r"'name' cannot be overridden"),
 ])
-def test_an_unknown_override_key_is_one_error_naming_it(project, monkeypatch, assignment, message):
+def test_an_unknown_override_key_is_one_error_naming_it(project, monkeypatch, capsys, assignment, message):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(project, monkeypatch, 'options/sweeps/grid.yml', '--dry-run', '--set', assignment)
-    text = str(exit_info.value.code)
+    assert exit_info.value.code == 2
+    text = capsys.readouterr().err.strip()
     assert text.startswith('error: --set') and '\n' not in text and re.search(message, text), text
 
 

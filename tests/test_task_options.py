@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 
-import basicsr.train
 import cv2
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.utils import get_root_logger
 
-from difflid.entry import patched_basicsr, translate_options
+from difflid.entry import create_train_val_loaders, translate_options
 from difflid.utils.options import prepare_argv, resolve_option_file, training_to_test_options
 from tests.conftest import REPO_ROOT
 from tests.miniature_datasets import LAYOUTS, degrade, signature_image, write
@@ -168,8 +167,7 @@ def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
     run = translate_options({'datasets': {'train': stand_in}, 'dist': False, 'world_size': 1, 'rank': 0,
                              'num_gpu': 0, 'is_train': True, 'model_type': opt['model_type'], 'manual_seed': 0,
                              'train': opt['train']})
-    with patched_basicsr():
-        loader = basicsr.train.create_train_val_dataloader(run, get_root_logger())[0]
+    loader = create_train_val_loaders(run, get_root_logger()).loader
     per_epoch, epochs = len(loader), _epoch_schedule(text)
     assert opt['train']['total_iter'] == epochs['total'][0] * per_epoch
     assert opt['train']['scheduler']['milestones'] == [m * per_epoch for m in epochs['milestones']]

@@ -18,6 +18,7 @@ import difflid  # noqa: F401  registers difflid and patches basicsr
 
 # isort: split
 from difflid.analysis.benchmark import SECTIONS, BenchmarkOptions, parse_size, run_benchmark
+from difflid.utils.errors import user_error_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                    compile=args.compile, sections=tuple(args.sections), quick=args.quick,
                                    json_path=args.json)
     except ValueError as err:
-        parser.error(str(err))
+        user_error_exit(err)
     return run_benchmark(options, ROOT)
 
 

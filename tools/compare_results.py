@@ -6,10 +6,10 @@ all of them, the mean of every metric per method (best in bold) and on how many 
 first.
 """
 import argparse
-import sys
 from pathlib import Path
 
 from difflid.reports import compare_results
+from difflid.utils.errors import user_error_exit
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     try:
         table = compare_results(args.folders, args.names)
     except (FileNotFoundError, ValueError) as err:
-        sys.exit(f'error: {err}')
+        user_error_exit(err)
     print(table)
     if args.output:
         Path(args.output).write_text(table, encoding='utf-8')

@@ -4,7 +4,6 @@ Without --checkpoint it uses the tiny prior with random weights (no downloads; n
 pipeline, not ImageNet knowledge). Writes results/demo_hspace/ (hazy.png, hspace_t<t>.png, summary.json).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import difflid  # noqa: F401  registers difflid's classes (and the torchvision alias basicsr needs)
@@ -16,6 +15,7 @@ import torch
 from difflid.demo import hspace_demo
 from difflid.priors.adm_unet_arch import ADM_PRESETS
 from difflid.priors.hspace_arch import HSpaceExtractor
+from difflid.utils.errors import user_error_exit
 
 
 def main() -> None:
@@ -32,7 +32,8 @@ def main() -> None:
     if args.image:
         bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
         if bgr is None:
-            sys.exit(f'error: cannot read image {args.image}')
+            user_error_exit(f'--image {args.image}: cannot read it as an image'
+                            + ('' if Path(args.image).is_file() else ' (no such file)'))
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         name = args.image
     else:
@@ -44,7 +45,7 @@ def main() -> None:
         extractor = HSpaceExtractor(unet=preset, checkpoint=args.checkpoint, timesteps=args.timesteps,
                                     random_weights=args.checkpoint is None).to(args.device)
     except (FileNotFoundError, ValueError) as err:
-        sys.exit(f'error: {err}')
+        user_error_exit(err)
     weights = args.checkpoint or 'RANDOM weights (no checkpoint: the numbers show the pipeline only)'
     print(f'image: {name} {rgb.shape[1]}x{rgb.shape[0]}; prior: {preset}, {weights}')
     summary = hspace_demo(rgb, extractor, args.output)

@@ -10,13 +10,13 @@ whole image) and returns `restored`; the prior's seeded noise is computed inside
 graph is run once with onnxruntime (when installed) on a small image and compared with PyTorch.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import difflid  # noqa: F401  registers difflid and patches basicsr
 
 # isort: split
 from difflid.deploy.export import ATTENTION_KINDS, ExportError, check_onnx, export_model
+from difflid.utils.errors import user_error_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def main() -> None:
     try:
         restorer = export_model(args.opt, args.output, ROOT, args.format, args.attention)
     except (FileNotFoundError, ValueError, KeyError, ImportError, ExportError) as err:
-        sys.exit(f'error: {err}')
+        user_error_exit(err)
     size = Path(args.output).stat().st_size / 2 ** 20
     print(f'wrote {args.output} ({size:.1f} MiB, {args.format})')
     if args.format != 'onnx' or args.no_check:

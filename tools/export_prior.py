@@ -8,12 +8,13 @@ checkpoint is taken (network_prior.checkpoint, tools/sample_prior.py); float16 h
 convert it back to the network's float32.
 """
 import argparse
-import sys
+import pickle
 from pathlib import Path
 
 import torch
 
 from difflid.utils.checkpoint_io import atomic_torch_save, network_state
+from difflid.utils.errors import user_error_exit
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,9 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('output', help='the file to write')
     parser.add_argument('--fp16', action='store_true', help='store the weights in float16')
     args = parser.parse_args(argv)
-    state, record = network_state(torch.load(args.checkpoint, map_location='cpu', weights_only=True))
+    try:
+        checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
+    except FileNotFoundError as err:
+        user_error_exit(err)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:  # not a checkpoint
+        user_error_exit(f'{args.checkpoint}: not a PyTorch checkpoint (torch.load: {type(err).__name__})')
+    state, record = network_state(checkpoint) if isinstance(checkpoint, dict) else (None, {})
     if state is None or 'noise_schedule' not in record:
-        sys.exit(f'error: {args.checkpoint} is not a checkpoint of DiffusionPriorModel')
+        user_error_exit(f'{args.checkpoint} is not a checkpoint of DiffusionPriorModel')
     if args.fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@
 option file with a network_prior block (ADM presets and checkpoints, diffusers folders or trained configs).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import difflid  # noqa: F401  registers difflid's archs
@@ -18,6 +17,7 @@ import difflid  # noqa: F401  registers difflid's archs
 import torch
 
 from difflid.priors.sampling import load_denoiser, sample_images, write_image_grid
+from difflid.utils.errors import user_error_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         denoiser = load_denoiser(args.opt, ROOT)
         images = sample_images(denoiser, args.num, args.size, args.steps, args.eta, args.seed, args.device)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as err:
-        sys.exit(f'error: {err}')
+        user_error_exit(err)
     write_image_grid(images, args.output)
     print(f'{args.num} samples of {tuple(images.shape[-2:])} from {denoiser.description} '
           f'({args.steps} DDIM steps) -> {args.output}')

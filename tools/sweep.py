@@ -10,6 +10,8 @@ The sweep file format is in difflid/analysis/sweep.py.
                (to submit to a cluster; run them from the repository root, then collect with --collect)
   --dry-run    say what would run, write nothing
   --collect    only write the tables and plots from the results there are
+  --check      check every run's options and dataset files and print what each run would do; write nothing
+               (every variant's options are checked before the first run in any case)
   --set K=V    override an option of every run's training (dotted keys: train.total_iter=2); test options get the
                run's network and prior; --set-test K=V overrides the test options (val.tile=512)
 """
@@ -22,6 +24,7 @@ import difflid  # noqa: F401  registers difflid's archs and losses, against whic
 # isort: split
 from difflid.analysis.sweep import (
     SweepError,
+    check_sweeps,
     collect,
     combined_name,
     execute,
@@ -31,6 +34,7 @@ from difflid.analysis.sweep import (
     print_commands,
     write_table,
 )
+from difflid.utils.errors import OptionError, user_error_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,11 +51,19 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument('--print', action='store_true', help='print one command per pending run instead of running')
     mode.add_argument('--dry-run', action='store_true', help='say what would run; write nothing')
     mode.add_argument('--collect', action='store_true', help='only write the tables and plots')
+    mode.add_argument('--check', action='store_true', help="check every run's options and dataset files, print "
+                                                           'the plan; write nothing')
     parser.add_argument('--auto_resume', action='store_true', help='resume interrupted trainings (tools/train.py)')
     args = parser.parse_args(argv)
     try:
         cli_set, cli_set_test = parse_assignments(args.set), parse_assignments(args.set_test, '--set-test')
         sweeps = [load_sweep(path, ROOT, cli_set, cli_set_test) for path in args.sweeps]
+        for warning in dict.fromkeys(w for s in sweeps for w in s.warnings):
+            print(f'warning: {warning}', file=sys.stderr)
+        if args.check:
+            check_sweeps(sweeps, ROOT)
+            print('options and dataset files checked: nothing written')
+            return
         if args.print:
             print(f'# run each line from the repository root ({ROOT})', file=sys.stderr)
             print_commands(sweeps, ROOT, args.auto_resume)
@@ -68,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             written += [plot_grid(s, ROOT, folder) for s in group if s.is_grid and len(group) == 1]
             print((folder / f'{name}.md').read_text(encoding='utf-8'))
             print('wrote ' + ', '.join(str(p.relative_to(ROOT)) for p in written if p is not None))
-    except SweepError as err:
-        sys.exit(f'error: {err}')
+    except (SweepError, OptionError) as err:
+        user_error_exit(err)
 
 
 if __name__ == '__main__':

@@ -57,10 +57,12 @@ import csv
 import hashlib
 import inspect
 import json
+import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -441,10 +443,37 @@ def compute_features(extractor: GuidanceExtractor, label: str, keys: dict[int, s
     return feats, alphas
 
 
+@contextmanager
+def _random_on_purpose(label: str) -> Iterator[None]:
+    """While a control is built: the members' "RANDOM weights ... fine for tests and demos only" warning is about a
+    prior that should have been trained; for the control, random weights are the point. It is logged as information
+    that names the control, so a warning left in the log is about the probed prior."""
+    def note(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if 'RANDOM weights' in message:
+            owner = message.split(':')[0]
+            record.msg = f'probe {label}: {owner} has random weights on purpose, as the control the prior is ' \
+                         'compared with'
+            record.args = None
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+    logger = logging.getLogger('basicsr')  # where the members log (difflid.priors.adm and the others)
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 def _built(block: dict, label: str, timesteps: list[int], device: torch.device) -> GuidanceExtractor:
     """``build_prior(block)`` on ``device``, after checking the probed timesteps against the built source's own T
     (a diffusers scheduler's, not the option's)."""
-    extractor = build_prior(block)
+    if label.startswith('control'):
+        with _random_on_purpose(label):
+            extractor = build_prior(block)
+    else:
+        extractor = build_prior(block)
     try:
         extractor.check_timesteps(timesteps)
     except ValueError as err:
@@ -788,8 +817,30 @@ def _tsne_panel(ax: Any, emb: np.ndarray, data: ProbeData, title: str) -> None:
     ax.set_yticks([])
 
 
-def plot_tsne(path: Path, embeddings: dict[str, np.ndarray], data: ProbeData, t: int) -> None:
-    """One t: a panel per source, colour = scene, circle = clear, triangle = hazy (Fig. 1)."""
+def _scene_key(fig: Any, axes: list, data: ProbeData) -> None:
+    """What the colours mean: a legend naming every scene (up to 20, tab20's colours), else a colour bar over the
+    scene index with some of the names as ticks."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    names = data.names
+    colours = _scene_colours(len(names))
+    if len(names) <= 20:
+        handles = [Line2D([], [], marker='s', linestyle='', markersize=7, color=colour, label=name)
+                   for colour, name in zip(colours, names, strict=True)]
+        fig.legend(handles=handles, title='scene', loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=7,
+                   title_fontsize=8, frameon=False)
+        return
+    mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, len(names) - 1),
+                                            matplotlib.colormaps['turbo'])
+    bar = fig.colorbar(mappable, ax=axes, label='scene', fraction=0.03, pad=0.02)
+    ticks = np.unique(np.linspace(0, len(names) - 1, 8).round().astype(int))
+    bar.set_ticks(ticks, labels=[names[i] for i in ticks], fontsize=6)
+
+
+def plot_tsne(path: Path, embeddings: dict[str, np.ndarray], data: ProbeData, t: int) -> Any:
+    """One t: a panel per source, colour = scene (named in a legend or colour bar), circle = clear, triangle = hazy
+    (Fig. 1). Returns the figure."""
     fig = _figure(4 * len(embeddings), 4.2)
     axes = fig.subplots(1, len(embeddings), squeeze=False)[0]
     for ax, (label, emb) in zip(axes, embeddings.items(), strict=True):
@@ -797,11 +848,13 @@ def plot_tsne(path: Path, embeddings: dict[str, np.ndarray], data: ProbeData, t:
     axes[0].legend(loc='best', fontsize=8)
     fig.suptitle('t-SNE: colour = scene, o = clear, ^ = hazy', fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    _scene_key(fig, list(axes), data)
+    fig.savefig(path, bbox_inches='tight')
+    return fig
 
 
-def plot_tsne_overview(path: Path, embeddings: dict[int, dict[str, np.ndarray]], data: ProbeData) -> None:
-    """Every t side by side, a row per source (Fig. 7)."""
+def plot_tsne_overview(path: Path, embeddings: dict[int, dict[str, np.ndarray]], data: ProbeData) -> Any:
+    """Every t side by side, a row per source (Fig. 7), with the scene key of ``plot_tsne``. Returns the figure."""
     ts = list(embeddings)
     fig = _figure(2.2 * len(ts), 2.3 * len(SOURCES))
     axes = fig.subplots(len(SOURCES), len(ts), squeeze=False)
@@ -809,7 +862,9 @@ def plot_tsne_overview(path: Path, embeddings: dict[int, dict[str, np.ndarray]],
         for i, label in enumerate(SOURCES):
             _tsne_panel(axes[i, j], embeddings[t][label], data, f'{label} t={t}')
     fig.tight_layout()
-    fig.savefig(path)
+    _scene_key(fig, list(axes.flat), data)
+    fig.savefig(path, bbox_inches='tight')
+    return fig
 
 
 def plot_curves(path: Path, records: list[dict], chance: dict[str, float], hazy_psnr: float, draws: int) -> None:

@@ -57,11 +57,15 @@ from pathlib import Path
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
+from difflid.data.file_checks import check_dataset_files
 from difflid.models.base_restoration import check_arch_options
 from difflid.reports import read_means
+from difflid.utils.errors import OptionError
+from difflid.utils.option_schema import plan_summary, validate_options
 from difflid.utils.options import resolve_option_file, training_to_test_options
+from difflid.utils.paths import locate_dataset_paths
 
-__all__ = ['OPTIONAL_KEYS', 'Run', 'Sweep', 'SweepError', 'SweepTable', 'apply_overrides', 'collect',
+__all__ = ['OPTIONAL_KEYS', 'Run', 'Sweep', 'SweepError', 'SweepTable', 'apply_overrides', 'check_sweeps', 'collect',
            'combined_name', 'execute', 'load_sweep', 'parse_assignments', 'plot_grid', 'print_commands',
            'run_status', 'write_option_files', 'write_table']
 
@@ -115,6 +119,7 @@ class Sweep:
     metrics: list[str] | None = None
     labels: dict[str, str] = field(default_factory=dict)
     grid_name: str | None = None
+    warnings: list[str] = field(default_factory=list)  # option keys that could not be checked
 
     @property
     def is_grid(self) -> bool:
@@ -314,7 +319,7 @@ def load_sweep(path: str | Path, root: Path, cli_set: dict | None = None, cli_se
     else:
         raise SweepError(f'{where}: variants must map names to overrides or option files')
     sweep_name = path.stem
-    runs = []
+    runs, warnings = [], []
     for label, variant, x in variants:
         if not _LABEL.fullmatch(label):
             raise SweepError(f'{where}: variant name {label!r} may hold only letters, digits, _ . -')
@@ -335,6 +340,7 @@ def load_sweep(path: str | Path, root: Path, cli_set: dict | None = None, cli_se
             train = apply_overrides(train, items, origin)
         train = {**train, 'name': source['name'] if train == source else f'{sweep_name}_{label}'}
         test = apply_overrides(_test_options(train, test_file_opt, root), cli_set_test or {}, '--set-test')
+        warnings += _validate_run(train, test, f'{where} (variant {label}')
         shown = ', '.join(f'{k}={v}' for k, v in {**common, **overrides, **(cli_set or {})}.items())
         runs.append(Run(sweep_name, label, train['name'], train, test, f'{source_path}' + (f' + {shown}' if shown
                                                                                               else ''), x))
@@ -346,7 +352,34 @@ def load_sweep(path: str | Path, root: Path, cli_set: dict | None = None, cli_se
         raise SweepError(f'{where}: metrics must be a list of metric names, e.g. [psnr, ssim]')
     labels = {str(k): str(v) for k, v in (spec.get('labels') or {}).items()}
     grid_name = spec['grid'].get('name', spec['grid']['key']) if 'grid' in spec else None
-    return Sweep(sweep_name, path, runs, metrics, labels, grid_name)
+    return Sweep(sweep_name, path, runs, metrics, labels, grid_name, list(dict.fromkeys(warnings)))
+
+
+def _validate_run(train: dict, test: dict, where: str) -> list[str]:
+    """Both option sets of a run checked as tools/train.py and tools/test.py check them, before any run starts."""
+    warnings = []
+    for opt, is_train, what in ((train, True, 'training'), (test, False, 'test')):
+        try:
+            warnings += validate_options(opt, is_train, f'{where}, {what} options)')
+        except OptionError as err:
+            raise SweepError(str(err)) from err
+    return warnings
+
+
+def check_sweeps(sweeps: list[Sweep], root: Path, echo: Callable[[str], None] = print) -> None:
+    """``--check``: each run's plan, after its dataset files are checked (options were checked when loading), from
+    ``root`` as the runs will start. Nothing is written. Raises SweepError naming the run."""
+    runs = _unique_runs(sweeps)
+    for i, run in enumerate(runs, 1):
+        echo(f'[{i}/{len(runs)}] {run.name}   ({run.source})')
+        for opt, is_train in ((run.train_opt, True), (run.test_opt, False)):
+            opt = copy.deepcopy(opt)
+            try:
+                locate_dataset_paths(opt, [root])  # the tools run from the root and read relative paths from there
+                check_dataset_files(opt)
+            except OptionError as err:
+                raise SweepError(f'run {run.name} ({"training" if is_train else "test"}): {err}') from err
+            echo(plan_summary(opt, is_train))
 
 
 def _check_consistent(sweeps: list[Sweep]) -> None:

@@ -18,6 +18,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import Dataset
 
 from difflid.data.bundled_photos import BUNDLED_SOURCES, IMAGE_SUFFIXES, read_clear_images
+from difflid.utils.option_schema import BOOL, INT_OR_NONE, IO_BACKEND, LIST, STR, STR_OR_NONE, DatasetKeys
 
 __all__ = ['CleanImageDataset', 'random_zoom_crop']
 
@@ -58,6 +59,11 @@ class CleanImageDataset(Dataset):
         zoom_range: [min, max] resize factor before cropping, log-uniform; default [1.0, 1.0] (no zoom).
         use_hflip / use_vflip: Random horizontal / vertical flips (default true / false).
     """
+
+    # checked before a run starts (difflid.utils.option_schema), besides the loader's keys
+    OPTION_KEYS = DatasetKeys({'dataroot_gt': STR_OR_NONE, 'source': STR_OR_NONE,
+                               'images': {'type': ['array', 'null'], 'items': STR}, 'io_backend': IO_BACKEND,
+                               'gt_size': INT_OR_NONE, 'zoom_range': LIST, 'use_hflip': BOOL, 'use_vflip': BOOL})
 
     def __init__(self, opt: dict) -> None:
         super().__init__()

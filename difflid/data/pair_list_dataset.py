@@ -15,6 +15,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from difflid.data.prep import lmdb_key
+from difflid.utils.option_schema import BOOL, INT, IO_BACKEND, STR, DatasetKeys
 
 __all__ = ['PairListDataset']
 
@@ -31,6 +32,12 @@ class PairListDataset(data.Dataset):
         phase: 'train' crops (gt_size) and augments (use_hflip, use_rot); other phases give whole images.
     Returns lq, gt (RGB (3, H, W) float in [0, 1]), lq_path, gt_path.
     """
+
+    # checked before a run starts (difflid.utils.option_schema), besides the loader's keys
+    OPTION_KEYS = DatasetKeys({'dataroot': STR, 'meta_info_file': STR, 'io_backend': IO_BACKEND, 'gt_size': INT,
+                               'use_hflip': BOOL, 'use_rot': BOOL},
+                              required=('dataroot', 'meta_info_file', 'io_backend'),
+                              required_for_training=('gt_size',))
 
     def __init__(self, opt: dict) -> None:
         super().__init__()

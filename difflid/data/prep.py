@@ -8,8 +8,11 @@ A prepared dataset is one folder:
 
 Every LQ is checked against its GT before anything is written: missing partners, duplicate names,
 unreadable files, size mismatches and grayscale/RGBA/16-bit images are reported by file name and
-skipped (or converted with ``convert=True``). The folder is built under a temporary name and renamed
-at the end, so an interrupted run never leaves a half-written dataset.
+skipped (or converted with ``convert=True``); images with an EXIF orientation are turned upright (basicsr's
+readers apply it) and written. The folder is built under a temporary name and renamed
+at the end, so an interrupted run never leaves a half-written dataset. Its folders get the mode ``mkdir`` gives
+(0777 less the umask: 0755 under the usual 022), so a dataset prepared for a group is readable by it; ``umask 077``
+first keeps one private.
 """
 import os
 import re
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from difflid.image_io import apply_exif_orientation
 
 __all__ = ['BENCHMARKS', 'PrepReport', 'Source', 'lmdb_key', 'prepare_dataset']
 
@@ -49,12 +54,16 @@ class PrepReport:
     pairs: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     converted: list[str] = field(default_factory=list)
+    turned: list[str] = field(default_factory=list)  # images turned upright by their EXIF orientation
     cropped: int = 0
 
     def summary(self, dst: Path) -> str:
         lines = [f'prepared {dst}: ' + ', '.join(f'{split}: {n} pairs' for split, n in self.pairs.items())]
         if self.cropped:
             lines.append(f'  {self.cropped} GT images centre-cropped to their LQ size')
+        if self.turned:
+            lines.append(f'  {len(self.turned)} images turned upright by their EXIF orientation and written as PNG: '
+                         + ', '.join(self.turned[:10]))
         if self.converted:
             lines.append(f'  {len(self.converted)} images converted to 8-bit 3-channel: '
                          + ', '.join(self.converted[:10]))
@@ -70,6 +79,13 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     files = folder.rglob('*') if recursive else folder.iterdir()
     return sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and '__MACOSX' not in p.parts and not p.name.startswith('._'))
+
+
+def _umask() -> int:
+    """The process umask (read by setting it, so it is restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _pair(source: Source, report: PrepReport) -> list[tuple[Path, Path]]:
@@ -113,6 +129,11 @@ def _load(path: Path, convert: bool, report: PrepReport) -> tuple[np.ndarray | N
     if img is None:
         report.skipped.append((str(path), 'unreadable image'))
         return None, False
+    # IMREAD_UNCHANGED (which keeps alpha and 16 bits to report them) ignores EXIF orientation, which basicsr's
+    # readers apply: turned upright here and written, so that sizes are checked, and LMDBs hold, what training reads
+    img, turned = apply_exif_orientation(img, path)
+    if turned:
+        report.turned.append(f'{path.name} ({turned})')
     problems = []
     if img.ndim == 2 or img.shape[2] == 1:
         problems.append('grayscale')
@@ -121,7 +142,7 @@ def _load(path: Path, convert: bool, report: PrepReport) -> tuple[np.ndarray | N
     if img.dtype != np.uint8:
         problems.append(f'{img.dtype} ({img.dtype.itemsize * 8}-bit)')
     if not problems:
-        return img, False
+        return img, bool(turned)
     if not convert:
         report.skipped.append((str(path), ', '.join(problems) + ' image (use --convert to convert to 8-bit RGB)'))
         return None, False
@@ -164,6 +185,7 @@ def prepare_dataset(
         raise FileExistsError(f'{dst} exists; choose another --dst or pass --overwrite')
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.', dir=dst.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make a dataset others cannot read whatever the umask
     try:
         writer = _PairWriter(tmp, copy, convert, gt_border_crop)
         for split, source in splits.items():
@@ -339,12 +361,25 @@ def _lol_v2(part: str) -> Callable[[Path], dict[str, Source]]:
 
 
 def _paired(split: str) -> Callable[[Path], dict[str, Source]]:
-    """Restormer's deraining layout: <root>/input and <root>/target with the same names (also rain-/norain-)."""
+    """Restormer's deraining layout: <root>/input and <root>/target with the same names (also rain-/norain-).
+
+    Several degraded versions of one clean image: an input ``NAME_k`` (k a number: ``0001_1.png``, ``0001_2.png``)
+    pairs with the target ``NAME`` (``0001.png``) when no target is named ``NAME_k`` itself.
+    """
     def layout(root: Path) -> dict[str, Source]:
-        return {split: Source(list_images(_find_dir(root, 'input', 'rain', 'lq')),
-                              list_images(_find_dir(root, 'target', 'norain', 'gt')),
-                              _strip_prefix('rain'), _strip_prefix('norain'))}
+        gt, gt_key = list_images(_find_dir(root, 'target', 'norain', 'gt')), _strip_prefix('norain')
+        return {split: Source(list_images(_find_dir(root, 'input', 'rain', 'lq')), gt,
+                              _numbered_versions(_strip_prefix('rain'), {gt_key(p) for p in gt}), gt_key)}
     return layout
+
+
+def _numbered_versions(key: Callable[[Path], str], gt_keys: set[str]) -> Callable[[Path], str]:
+    """``key``, but ``NAME_k`` becomes ``NAME`` when ``NAME`` is a target's key and ``NAME_k`` is not."""
+    def version_of(path: Path) -> str:
+        name = key(path)
+        numbered = re.fullmatch(r'(.+)_\d+', name)
+        return numbered.group(1) if numbered and name not in gt_keys and numbered.group(1) in gt_keys else name
+    return version_of
 
 
 # name -> (layout reader, GT border to centre-crop, what --src is)
@@ -360,5 +395,6 @@ BENCHMARKS: dict[str, tuple[Callable[[Path], dict[str, Source]], int, str]] = {
     'lol-v2-synthetic': (_lol_v2('Synthetic'), 0, 'LOL-v2 folder (or its Synthetic/)'),
     'rain13k': (_paired('train'), 0, 'Rain13K training folder with input/ and target/'),
     'rain-test': (_paired('test'), 0, 'a deraining test set (Rain100H, Test100, ...) with input/ and target/'),
-    'paired': (_paired('train'), 0, 'any folder with input/ (or lq/) and target/ (or gt/), same file names'),
+    'paired': (_paired('train'), 0, 'any folder with input/ (or lq/) and target/ (or gt/), same file names, '
+                                    'or input NAME_k -> target NAME'),
 }

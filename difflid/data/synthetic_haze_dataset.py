@@ -14,10 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 from basicsr.data.paired_image_dataset import PairedImageDataset
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from difflid.data.bundled_photos import read_clear_images
 from difflid.data.haze_synthesis import random_smooth_depth, synthesize_haze
+from difflid.utils.option_schema import INT, LIST, PAIRED_IMAGE_KEYS, STR, DatasetKeys
 
 __all__ = ['SyntheticHazeDataset', 'make_haze_pairs']
 
@@ -85,10 +87,21 @@ class SyntheticHazeDataset(PairedImageDataset):
         hazy_per_image, beta_range, airlight_range, max_side, seed: see ``make_haze_pairs``.
     """
 
+    # checked before a run starts (difflid.utils.option_schema): PairedImageDataset's keys, its two folders replaced
+    # by ``dataroot``; the pairs are written on first use, so there are no files to check beforehand
+    OPTION_KEYS: DatasetKeys = PAIRED_IMAGE_KEYS.extended(
+        {'dataroot': STR, 'source': STR, 'images': {'type': ['array', 'null'], 'items': STR}, 'hazy_per_image': INT,
+         'beta_range': LIST, 'airlight_range': LIST, 'max_side': {'type': ['integer', 'null']}, 'seed': INT},
+        drop=('dataroot_gt', 'dataroot_lq'), required=('dataroot', 'io_backend'), generates_data=True)
+    GENERATED_PATH_KEYS = ('dataroot',)  # written here on first use: an output, not an input to look for
+
     def __init__(self, opt: dict) -> None:
         root = Path(opt['dataroot'])
         if not root.is_dir():
             clear = read_clear_images(opt.get('source', 'bundled'), opt.get('images'), opt['name'])
+            get_root_logger().info(f"dataset {opt['name']}: writing {len(clear) * opt.get('hazy_per_image', 4)} "
+                                   f'synthetic hazy/clear pairs to {root.resolve()} (first use; later runs read them '
+                                   'from there: delete the folder to make them again)')
             make_haze_pairs(clear, root, opt.get('hazy_per_image', 4),
                             tuple(opt.get('beta_range', (0.6, 1.8))), tuple(opt.get('airlight_range', (0.7, 1.0))),
                             opt.get('max_side'), opt.get('seed', 0))

@@ -1,11 +1,12 @@
-"""Run a model exported by tools/export.py with onnxruntime, using numpy, cv2 and onnxruntime only.
+"""Run a model exported by tools/export.py with onnxruntime, using numpy, cv2, Pillow and onnxruntime only.
 
 This file imports nothing from difflid (nor torch or basicsr), so that a deployment needs neither: tools/infer.py
 loads it by its path (``importlib``), since ``import difflid.deploy.onnx_runner`` would first run difflid's
 ``__init__``, which imports basicsr and torch. It loads the torch-free modules it shares with the torch side
 by their files, and restates in numpy only the blend of the tiles:
 
-- ``read_image`` / ``write_like``: ``difflid/image_io.py`` itself (8/16-bit, grey, RGB, RGBA kept as they came);
+- ``image_io`` (and its ``read_image`` / ``write_like``): ``difflid/image_io.py`` itself (8/16-bit, grey, RGB, RGBA,
+  turned upright by the EXIF orientation, written as the output format can hold them; it needs Pillow);
 - ``check_tiling`` and the tiles and weights of ``tiled_apply``: ``difflid/utils/tile_layout.py``, as
   ``difflid.utils.tiling`` (each tile given its origin so the graph noises it as its window of the whole image);
 - ``OnnxRestorer``: ``difflid.inference.Restorer`` (same call: (H, W, 3) RGB in [0, 1] in and out).
@@ -22,7 +23,8 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ['INSTALL_HINT', 'LoadedImage', 'OnnxRestorer', 'check_tiling', 'read_image', 'tiled_apply', 'write_like']
+__all__ = ['INSTALL_HINT', 'LoadedImage', 'OnnxRestorer', 'check_tiling', 'image_io', 'read_image', 'tiled_apply',
+           'write_like']
 
 INSTALL_HINT = ("pip install -e '.[onnxruntime]' in the difflid repository (or pip install onnxruntime; "
                 'onnxruntime-gpu for CUDA)')
@@ -40,9 +42,9 @@ def _torch_free_module(relative: str) -> ModuleType:
     return sys.modules[name]
 
 
-_image_io = _torch_free_module('image_io.py')
+image_io = _torch_free_module('image_io.py')
 _tile_layout = _torch_free_module('utils/tile_layout.py')
-LoadedImage, read_image, write_like = _image_io.LoadedImage, _image_io.read_image, _image_io.write_like
+LoadedImage, read_image, write_like = image_io.LoadedImage, image_io.read_image, image_io.write_like
 check_tiling = _tile_layout.check_tiling
 
 

@@ -18,14 +18,14 @@ from tqdm import tqdm
 
 from difflid.metrics import FLOAT_METRICS, SET_METRICS, float_image, require_metric_weights
 from difflid.reports import mean_table, write_means, write_metric_csv, write_sheet
-from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
+from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save, load_network_weights
 from difflid.utils.errors import OptionError, data_parallel_message
+from difflid.utils.option_schema import OPTIMIZERS
 from difflid.utils.options import option_names
 from difflid.utils.paths import absolute_paths
 
 __all__ = ['ImageRestorationModel', 'RestorationModel', 'check_arch_options']
 
-OPTIMIZERS = ('Adam', 'AdamW', 'Adamax', 'SGD', 'RMSprop')
 
 
 def check_arch_options(block_name: str, block: dict, registry=ARCH_REGISTRY) -> None:
@@ -60,6 +60,9 @@ class RestorationModel(SRModel):
             if opt['train'].get('diff_opt'):
                 check_arch_options('train.diff_opt', opt['train']['diff_opt'], LOSS_REGISTRY)
         require_metric_weights((opt.get('val') or {}).get('metrics'))
+        # what the training loop adds to the next training state (random states, epoch position: difflid.entry)
+        self.training_state_extra: dict = {}
+        self.input_metric_results: dict[str, float] = {}
         super().__init__(opt)
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
@@ -155,14 +158,24 @@ class RestorationModel(SRModel):
         checkpoint) made absolute against the working directory basicsr read them from."""
         return {k: absolute_paths(self.opt[k], os.getcwd()) for k in ('network_g', 'network_prior') if k in self.opt}
 
+    def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True,
+                     param_key: str | None = 'params') -> None:
+        """basicsr's load_network, but a checkpoint of another configuration is one error naming the file and the
+        options that differ (the checkpoint's recorded ``config`` against this run's network blocks)."""
+        get_root_logger().info(f'Loading {type(self.get_bare_model(net)).__name__} model from {load_path}, '
+                               f'with param key: [{param_key}].')
+        expected = {'network_g': self.opt['network_g'], 'network_prior': self.opt.get('network_prior')}
+        load_network_weights(self.get_bare_model(net), load_path, param_key, strict, expected_config=expected)
+
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """basicsr's save_training_state, written atomically after the networks of the same iteration."""
+        """basicsr's save_training_state, written atomically after the networks of the same iteration, with
+        ``training_state_extra`` (what an exact resume needs, set by the training loop)."""
         if current_iter == -1:
             return
         state = {'epoch': epoch, 'iter': current_iter,
                  'optimizers': [o.state_dict() for o in self.optimizers],
-                 'schedulers': [s.state_dict() for s in self.schedulers]}
+                 'schedulers': [s.state_dict() for s in self.schedulers], **self.training_state_extra}
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     # --- validation and test reports ---------------------------------------------------------------------------
@@ -217,11 +230,29 @@ class RestorationModel(SRModel):
             opt = dict(m)
             means[n] = float(METRIC_REGISTRY.get(opt.pop('type'))(restored_set, gt_set, **opt))
         self.metric_results = {n: means[n] for n in metric_opts}
-        for name, value in self.metric_results.items():
-            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        self.input_metric_results = {n: means[n] for n in means if n.endswith('_input')}
+        if self.opt['is_train']:
+            for name, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         if not self.opt['is_train']:
             self._write_reports(dataset_name, records, means)
+
+    def _log_validation_metric_values(self, current_iter, dataset_name: str, tb_logger) -> None:
+        """SRModel's lines, plus the inputs' scores (``val.input_metrics``); the best value and its iteration only in
+        training (a test is one evaluation, labelled by no iteration)."""
+        lines = [f'Validation {dataset_name}']
+        for metric, value in self.metric_results.items():
+            line = f'\t # {metric}: {value:.4f}'
+            if self.opt['is_train']:
+                best = self.best_metric_results[dataset_name][metric]
+                line += f'\tBest: {best["val"]:.4f} @ {best["iter"]} iter'
+            lines.append(line)
+        lines += [f'\t # {metric}: {value:.4f}' for metric, value in self.input_metric_results.items()]
+        get_root_logger().info('\n'.join(lines) + '\n')
+        if tb_logger:
+            for metric, value in {**self.metric_results, **self.input_metric_results}.items():
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{metric}', value, current_iter)
 
     @staticmethod
     def _score(metric_opt: dict, visuals: dict, key: str, img8, gt8) -> float:

@@ -1,13 +1,20 @@
-"""Crash-safe file writing: a kill during a save never leaves a truncated file under the final name."""
+"""Checkpoint files: crash-safe writing (a kill during a save never leaves a truncated file under the final name),
+and loading a network's weights with one readable error when they do not fit."""
+import logging
 import os
+import pickle
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import torch
+from torch import nn
 
-__all__ = ['atomic_open', 'atomic_torch_save', 'network_state', 'package_path', 'state_dict_problems', 'weights_stamp']
+from difflid.utils.errors import OptionError
+
+__all__ = ['atomic_open', 'atomic_torch_save', 'load_network_weights', 'network_state', 'option_differences',
+           'package_path', 'state_dict_problems', 'weights_stamp']
 
 
 @contextmanager
@@ -96,17 +103,124 @@ def _listing(keys: list[str]) -> str:
     return f'{shown}, ... ({len(keys)} in all)' if len(keys) > _MAX_LISTED else shown
 
 
+def _mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                known: Collection[str] | None = None, optional: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    known = expected if known is None else known
+    return {
+        'missing from the file': [k for k in expected if k not in state and not (optional and k.endswith(optional))],
+        'not in the model': [k for k in state if k not in known],
+        'shape mismatch': [f'{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})'
+                           for k, v in expected.items() if k in state and state[k].shape != v.shape],
+    }
+
+
 def state_dict_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                         known: Collection[str] | None = None, optional: tuple[str, ...] = ()) -> list[str]:
     """What keeps ``state`` (a file's tensors) from loading strictly into a model whose state dict is ``expected``:
     keys missing from the file (except those ending in one of ``optional``), keys the model does not have (outside
     ``known``, default ``expected``: a larger model the file may come from) and shape mismatches, each listed
     (the first five, with the count). Empty when it fits."""
-    known = expected if known is None else known
-    missing = [k for k in expected if k not in state and not (optional and k.endswith(optional))]
-    unexpected = [k for k in state if k not in known]
-    shapes = [f'{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})'
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    return [f'{what}: {_listing(keys)}' for what, keys in (('missing from the file', missing),
-                                                           ('not in the model', unexpected),
-                                                           ('shape mismatch', shapes)) if keys]
+    return [f'{what}: {_listing(keys)}' for what, keys in _mismatches(expected, state, known, optional).items() if keys]
+
+
+def _same_option(saved: object, given: object) -> bool:
+    """Equal, or the same file named absolutely in one and relatively in the other (checkpoints record absolute
+    paths of the prior's checkpoint, option files usually relative ones)."""
+    if isinstance(saved, str) and isinstance(given, str) and saved != given:
+        a, b = Path(saved).as_posix(), Path(given).as_posix()
+        return a.endswith('/' + b.lstrip('./')) or b.endswith('/' + a.lstrip('./'))
+    return saved == given
+
+
+def _flat(block: Mapping, prefix: str) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in block.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def option_differences(saved: Mapping, given: Mapping) -> list[str]:
+    """How the network options a checkpoint records (``{'network_g': {...}, 'network_prior': {...}}``) differ from
+    those given, one line per option: ``checkpoint has network_g.num_feat: 64, options say 16``. Only the blocks
+    given are compared (a diffusion prior's checkpoint also records its noise schedule)."""
+    lines = []
+    for block in sorted(given):
+        ours, theirs = saved.get(block), given.get(block)
+        if not isinstance(ours, Mapping) or not isinstance(theirs, Mapping):
+            if bool(ours) != bool(theirs):
+                lines.append(f'checkpoint has {block}: {ours or "none"}, options say {theirs or "none"}')
+            continue
+        ours, theirs = _flat(ours, f'{block}.'), _flat(theirs, f'{block}.')
+        for key in sorted(set(ours) | set(theirs)):
+            if key not in theirs:
+                lines.append(f'checkpoint has {key}: {ours[key]}, options leave it at its default')
+            elif key not in ours:
+                lines.append(f'checkpoint has no {key} (its default), options say {theirs[key]}')
+            elif not _same_option(ours[key], theirs[key]):
+                lines.append(f'checkpoint has {key}: {ours[key]}, options say {theirs[key]}')
+    return lines
+
+
+def load_network_weights(net: nn.Module, path: str | Path, param_key: str | None, strict: bool = True,
+                         expected_config: dict | None = None) -> None:
+    """Load a checkpoint's weights into ``net``, or raise one OptionError that names the file and says why.
+
+    As basicsr's ``load_network``: ``param_key`` ('params', 'params_ema'; None: the file is the state dict) falls
+    back to 'params' (logged), a ``module.`` prefix is dropped, and ``strict=False`` loads what fits, logging what
+    was left out (tensors of another shape included). With ``strict`` a misfit is an OptionError: when the
+    checkpoint records its network options (``config``, written by ``RestorationModel.checkpoint_config``) and
+    ``expected_config`` (the same shape: ``{'network_g': ..., 'network_prior': ...}``) is given, it lists the options
+    that differ; otherwise the first mismatching tensors of each kind and their count, instead of torch's line per
+    tensor.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no such checkpoint file')
+    try:
+        loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OptionError(f'{path} is not a PyTorch checkpoint that can be loaded safely ({first})') from err
+    logger = logging.getLogger('basicsr')
+    state = loaded
+    if param_key is not None and isinstance(loaded, dict) and not _is_state(loaded):
+        if param_key not in loaded and 'params' in loaded:
+            logger.warning('%s has no %r; loading its params instead', path, param_key)
+            param_key = 'params'
+        state = loaded.get(param_key)
+    if not _is_state(state):
+        keys = sorted(loaded)[:8] if isinstance(loaded, dict) else type(loaded).__name__
+        raise OptionError(f'{path} holds no network weights under {param_key!r} (it has {keys})')
+    state = {k.removeprefix('module.'): v for k, v in state.items()}
+    expected = net.state_dict()
+    found = _mismatches(expected, state)
+    if not any(found.values()):
+        net.load_state_dict(state, strict=True)
+        return
+    if not strict:
+        for what, keys in found.items():
+            if keys:
+                logger.warning('%s into %s: %s: %s (not loaded)', path, type(net).__name__, what, _listing(keys))
+        shapes = {k for k, v in expected.items() if k in state and state[k].shape != v.shape}
+        net.load_state_dict({k: v for k, v in state.items() if k not in shapes}, strict=False)
+        return
+    count = sum(len(keys) for keys in found.values())
+    config = loaded.get('config') if isinstance(loaded, dict) else None
+    differences = option_differences(config, expected_config) if config and expected_config else []
+    name = type(net).__name__
+    if differences:
+        detail = [*differences[:8], *([f'... and {len(differences) - 8} more'] if len(differences) > 8 else []),
+                  f'({count} tensors do not fit; set these options as the checkpoint has them, or use a checkpoint '
+                  'trained with these options)']
+        raise OptionError(f'{path} does not fit this {name}: it was saved with other network options\n  '
+                          + '\n  '.join(detail))
+    detail = [f'{what}: {_listing(keys)}' for what, keys in found.items() if keys]
+    raise OptionError(f'{path} does not fit this {name}: {count} tensors do not match (a checkpoint of another '
+                      'network or configuration?)\n  ' + '\n  '.join(detail))
+
+
+def _is_state(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())

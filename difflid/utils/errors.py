@@ -25,9 +25,9 @@ def format_user_error(err: BaseException | str, max_detail: int = MAX_DETAIL_LIN
     """``error: <first line>`` then at most ``max_detail`` lines of detail, and how many more were left out.
 
     A ``FileNotFoundError`` raised by ``open()`` carries its path in ``filename``: named here so the message
-    always says which file."""
+    always says which file, first (``missing.pth: No such file or directory``, not ``[Errno 2] ...``)."""
     text = str(err) if not isinstance(err, KeyError) else str(err.args[0]) if err.args else 'KeyError'
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+    if isinstance(err, OSError) and err.filename and (str(err.filename) not in text or text.startswith('[Errno')):
         text = f'{err.filename}: {err.strerror or text}'
     lines = [line for line in text.strip().splitlines() if line.strip()] or [type(err).__name__]
     head, detail = lines[0], lines[1:]

@@ -4,10 +4,15 @@ basicsr reads relative paths in option files from the working directory. A net_g
 network options so that tools/infer.py can rebuild the network; a relative prior checkpoint path in them
 would then work only from the directory training ran in. ``absolute_paths`` is applied when saving,
 ``locate_paths`` when loading (it also copes with checkpoints saved before, and with moved projects).
+``locate_dataset_paths`` gives dataset paths the same search (working directory, then the project root) at start-up.
 """
 from pathlib import Path
 
-__all__ = ['absolute_paths', 'is_path_key', 'locate_paths']
+from basicsr.utils.registry import DATASET_REGISTRY
+
+from difflid.utils.errors import OptionError
+
+__all__ = ['absolute_paths', 'is_dataset_path_key', 'is_path_key', 'locate_dataset_paths', 'locate_paths']
 
 
 def is_path_key(key: str) -> bool:
@@ -57,3 +62,61 @@ def locate_paths(block: dict, block_name: str, search_dirs: list[Path]) -> tuple
             missing.append(f'{block_name}.{key} {value!r} is at none of:\n  '
                            + '\n  '.join(str(d / given) for d in dirs))
     return out, missing
+
+
+def is_dataset_path_key(key: str) -> bool:
+    """Keys of a dataset block that hold a file or folder: basicsr's ``dataroot`` and ``dataroot_*`` (``_gt``,
+    ``_lq``), ``meta_info_file``, ``pair_list``, and every key ``is_path_key`` names (``*_file``, ``*_dir``, ...)."""
+    return key == 'dataroot' or key.startswith('dataroot_') or key == 'pair_list' or is_path_key(key)
+
+
+def _generated_path_keys(block: dict) -> tuple[str, ...]:
+    """The keys whose folders a dataset writes itself when they are missing (``GENERATED_PATH_KEYS`` of its
+    registered class: SyntheticHazeDataset's ``dataroot``); such a path is an output, not an input to find."""
+    name = block.get('type')
+    cls = DATASET_REGISTRY.get(name) if isinstance(name, str) and name in DATASET_REGISTRY else None
+    return tuple(getattr(cls, 'GENERATED_PATH_KEYS', ()))
+
+
+def locate_dataset_paths(opt: dict, search_dirs: list[Path]) -> list[str]:
+    """Resolve, in place, every relative path of every block in ``opt['datasets']``, as prior checkpoints are found.
+
+    basicsr opens dataset paths from the working directory, so ``dataroot: datasets/ITS`` used to work only from
+    the project folder, while experiments, priors and checkpoints are found from anywhere. Each relative value is
+    looked for under ``search_dirs`` in order (the working directory first, then the project root when running from
+    a checkout) and replaced by the absolute path where it exists. A path that a dataset writes itself
+    (``GENERATED_PATH_KEYS``) is taken where it already exists, else kept as given: the dataset writes it there.
+
+    Returns:
+        Log lines, one per path: the option, its value and where it was found (or will be written).
+    Raises:
+        OptionError: a path found nowhere, for each one the option and the places tried.
+    """
+    dirs = list(dict.fromkeys(Path(d).resolve() for d in search_dirs))
+    lines, missing = [], []
+    for set_name, block in (opt.get('datasets') or {}).items():
+        if not isinstance(block, dict):
+            continue
+        generated = _generated_path_keys(block)
+        for key, value in block.items():
+            if not (is_dataset_path_key(key) and isinstance(value, str) and value):
+                continue
+            option, given = f'datasets.{set_name}.{key}', Path(value).expanduser()
+            places = [given] if given.is_absolute() else [d / given for d in dirs]
+            found = next((p for p in places if p.exists()), None)
+            if found is not None:
+                block[key] = str(found)
+                lines.append(f'{option}: {value} -> {found}')
+            elif key in generated:  # kept relative: the dataset opens it from the working directory
+                where = given if given.is_absolute() else Path.cwd() / given
+                lines.append(f'{option}: {value} does not exist yet; the dataset writes its data to {where}')
+            else:
+                missing.append((option, value, places))
+    if missing:
+        head = (f'{missing[0][0]}: {missing[0][1]!r} not found' if len(missing) == 1 else
+                f'{len(missing)} dataset paths not found: ' + ', '.join(option for option, _, _ in missing))
+        detail = [f'{option}: {value!r}, looked for at ' + ', '.join(map(str, places)) for option, value, places in
+                  missing]
+        raise OptionError('\n'.join([head, *detail, 'prepare the dataset (docs/datasets.md), or give the path from the '
+                                     'working directory or as an absolute path']))
+    return lines

@@ -1,0 +1,55 @@
+"""tools/test.py: basicsr's ``test_pipeline`` rebuilt from its parts, creating ``results/<name>/`` only once the
+options, the dataset files, the datasets and the model (with its weights) are known to work."""
+from os import path as osp
+from pathlib import Path
+
+import torch
+from basicsr.data import build_dataloader, build_dataset
+from basicsr.models import build_model
+from basicsr.utils import get_env_info, get_time_str
+from basicsr.utils.options import dict2str
+
+from difflid.entry.startup import StartupLog, prepare_folders, prepare_options, startup_errors
+from difflid.utils.option_schema import plan_summary
+
+__all__ = ['test']
+
+
+def test(root: str | Path, argv: list[str]) -> None:
+    """tools/test.py with ``argv`` (its arguments) and ``root`` (where results/ goes).
+
+    Raises OptionError/FileNotFoundError for a test that cannot start, before creating or moving anything.
+    """
+    with startup_errors():
+        run = prepare_options(argv, root, is_train=False)
+    if run.args.check:
+        print('\n'.join([plan_summary(run.raw, False), *run.notes]))
+        return
+    opt = run.opt
+    torch.backends.cudnn.benchmark = True
+    log = StartupLog()
+    logger = log.logger
+    try:
+        with startup_errors():
+            logger.info(get_env_info())
+            logger.info(dict2str(opt))
+            for note in run.notes:
+                logger.info(note)
+            loaders = []
+            for _, dataset_opt in sorted(opt['datasets'].items()):
+                test_set = build_dataset(dataset_opt)
+                loaders.append(build_dataloader(test_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                                                sampler=None, seed=opt['manual_seed']))
+                logger.info(f"Number of test images in {dataset_opt['name']}: {len(test_set)}")
+            model = build_model(opt)
+    except BaseException:
+        log.discard()
+        raise
+    moved = prepare_folders(opt, resumed=False)
+    log.attach_file(osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log"))
+    for line in moved:
+        logger.warning(line)
+    save_img = (opt.get('val') or {}).get('save_img', False)
+    for loader in loaders:
+        logger.info(f"Testing {loader.dataset.opt['name']}...")
+        model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=save_img)
