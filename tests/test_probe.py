@@ -433,9 +433,11 @@ def test_random_weights_warning_names_the_control(tmp_path):
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger('basicsr')
-    level = logger.level
+    level, disabled = logger.level, logger.disabled
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)  # an earlier test's run may have left the shared logger at another level
+    # earlier tests may have left the shared logger at another level, or disabled by a library's logging dictConfig
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
     try:
         prior = tiny_options(tmp_path)['network_prior']
         probe._built(probe.control_options(prior, draw=0), 'control (control0)', [0], torch.device('cpu'))
@@ -445,6 +447,7 @@ def test_random_weights_warning_names_the_control(tmp_path):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.disabled = disabled
     assert (logging.INFO, 'probe control (control0): HSpaceExtractor has random weights on purpose, as the control '
                           'the prior is compared with') in control
     assert not [m for level, m in control if level >= logging.WARNING]
