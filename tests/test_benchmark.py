@@ -10,8 +10,10 @@ import math
 import runpy
 import time
 
+import numpy as np
 import pytest
 import torch
+from basicsr.archs import build_network
 from torch import nn
 
 from difflid.analysis import benchmark
@@ -33,7 +35,7 @@ from tests.conftest import REPO_ROOT
 
 TOOL = REPO_ROOT / 'tools/benchmark.py'
 SECTION_TITLES = ('1. Prior', '2. Training step', '3. Validation', '4. Inference end to end',
-                  '5. Parameters and FLOPs', '6. Attention kernels')
+                  '5. Parameters and FLOPs', '6. Attention kernels', '7. Precomputed prior features')
 MIB = 2 ** 20
 
 
@@ -190,10 +192,63 @@ def test_tool_wires_its_flags_through(tool_main, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+PRECOMPUTE_ROWS = {'online': 'online step, L1:', 'prior part': 'its prior part', 'precomputed': 'precomputed step, L1:',
+                   'flops': 'FLOPs, L1:', 'online diffloss': 'online step, L1 + DiffLoss',
+                   'precomputed diffloss': 'precomputed step, L1 + DiffLoss', 'flops diffloss': 'FLOPs, L1 + DiffLoss',
+                   'precompute': 'precompute: the prior on one whole', 'storage': 'storage: one 620×460 (ITS) image',
+                   'storage file': 'storage: the same entry', 'loader windows': 'loader: random',
+                   'loader entries': 'loader, for contrast'}  # section 7's rows, in order, by the start of their label
+# section 7's columns
+S, RATE, VS, SHARE, PEAK, HOURS, GFLOP, MB, MB_S = range(2, 11)
+
+
+def _precompute_rows(report: dict) -> dict[str, list]:
+    rows = _rows(report, '7. Precomputed prior features')
+    assert len(rows) == len(PRECOMPUTE_ROWS)
+    for row, start in zip(rows, PRECOMPUTE_ROWS.values(), strict=True):
+        assert row[0].startswith(start), (row[0], start)
+    return dict(zip(PRECOMPUTE_ROWS, rows, strict=True))
+
+
+def _tiny_store_shape() -> tuple[int, int, int]:
+    """(rows, cols, channels) of an ITS-sized (620×460) entry of the tiny prior, from its UNet's own attributes."""
+    with torch.device('meta'):
+        encoder = ADMUNet(**adm_flags('adm_tiny'), encoder_only=True)
+    stride = encoder.downsample_factor
+    return math.ceil(460 / stride), math.ceil(620 / stride), encoder.hspace_channels
+
+
+def test_precompute_section_measures_every_row_and_the_stored_bytes(quick_report):
+    """Section 7 of --quick: every row measured; the entry's bytes against the formula and against np.save of an
+    array of that shape; the loader's windows (--quick: 32² crops, 1 cell) and whole entries against their
+    sizes, and its MB/s against bytes over time."""
+    rows = _precompute_rows(quick_report[1])
+    height, width, channels = _tiny_store_shape()
+    entry = height * width * 2 * channels * 2  # cells x (t1, t2) x channels x fp16
+    assert rows['storage'][MB] == pytest.approx(entry / 1e6, rel=1e-12)
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((height, width, 2, channels), np.float16))
+    assert rows['storage file'][MB] == pytest.approx(len(npy.getvalue()) / 1e6, rel=1e-12)
+    window = benchmark.QUICK_CROP // 32  # cells a side; the stride of adm_tiny's h-space is 32, as adm256_uncond's
+    assert rows['loader windows'][MB] == pytest.approx(window ** 2 * 2 * channels * 2 / 1e6, rel=1e-12)
+    assert rows['loader entries'][MB] == pytest.approx(entry / 1e6, rel=1e-12)
+    for name in ('loader windows', 'loader entries'):
+        row = rows[name]
+        assert _measured(row[S]) and row[RATE] == pytest.approx(1 / row[S])
+        assert row[MB_S] == pytest.approx(row[MB] / row[S])
+    for name in ('online', 'prior part', 'precomputed', 'online diffloss', 'precomputed diffloss', 'precompute'):
+        assert _measured(rows[name][S]) and _measured(rows[name][PEAK]), name
+    assert f'{benchmark.QUICK_CROP}×{benchmark.QUICK_CROP} image (a stand-in' in rows['precompute'][0]  # on the CPU
+    for loss in ('', ' diffloss'):
+        online, precomputed, flops = rows['online' + loss], rows['precomputed' + loss], rows['flops' + loss]
+        assert flops[VS] == pytest.approx(online[GFLOP] / precomputed[GFLOP]) and flops[VS] > 1
+        assert flops[SHARE] == pytest.approx(100 * rows['prior part'][GFLOP] / online[GFLOP])
+
+
 # ------------------------------------------------------------------------ the arithmetic, on known timings
 
 SECONDS = {'released': 2.0, 'ours': 0.5, 'L1': 0.36, 'DiffLoss': 1.8}  # stand-in s per call, and their answers:
-# speed-up 2.0 / 0.5 = 4; hours for 420,000 iterations: 0.36 s -> 42, 1.8 s -> 210; it/s 1 / 0.36 = 2.78
+# speed-up 2.0 / 0.5 = 4; hours for 418,800 iterations: 0.36 s -> 41.88, 1.8 s -> 209.4; it/s 1 / 0.36 = 2.78
 
 
 def _stand_in_measure(fn, device, repeats, warmup, holders=()) -> Timing:
@@ -214,8 +269,8 @@ def test_rows_derive_rates_speed_up_and_hours_from_the_timings(monkeypatch):
     prior = _rows(report, '1. Prior')
     assert prior[0][2:6] == [2.0, 0.5, 1.5, 1.0] and prior[1][2:6] == [0.5, 2.0, 1.5, pytest.approx(4.0)]
     plain, diffloss = _rows(report, '2. Training step')
-    assert plain[2:] == [pytest.approx(2.778, abs=1e-3), 0.36, 1.5, pytest.approx(42.0)]
-    assert diffloss[2:] == [pytest.approx(0.5556, abs=1e-4), 1.8, 1.5, pytest.approx(210.0)]
+    assert plain[2:] == [pytest.approx(2.778, abs=1e-3), 0.36, 1.5, pytest.approx(41.88)]
+    assert diffloss[2:] == [pytest.approx(0.5556, abs=1e-4), 1.8, 1.5, pytest.approx(209.4)]
     assert [row[3:] for row in _rows(report, '3. Validation')] == [[2.0, 1.0], [8.0, 4.0]]
     released, ours, _ = _rows(report, '4. Inference end to end')
     assert released[2:] == [0.5, 2.0, 1.5, 1.0] and ours[2:] == [2.0, 0.5, 1.5, pytest.approx(4.0)]
@@ -231,6 +286,85 @@ def test_out_of_memory_is_a_row_not_a_crash(monkeypatch):
         released, ours = _rows(report, prefix)[:2]
         assert released[2] == benchmark.OUT_OF_MEMORY and released[3:6] == [None] * 3
         assert ours[5] is None and _measured(ours[4])  # no speed-up without a baseline
+
+
+def test_precomputed_steps_never_run_the_prior_and_rows_derive_from_timings(monkeypatch):
+    """Each timed call of section 7 runs once for real, and its stand-in time tells how often the prior's forward ran:
+    1 + 2 s per call for a training step, 0.5 + 1 s per call otherwise. An online step runs the prior once, a
+    precomputed one never (DiffLoss runs the UNet through ``diffusion_pass``, not the guidance). --sizes 620x460 asks
+    for the ITS-sized precompute on the CPU: its input is checked (both orientations of one image)
+    instead of run (seconds)."""
+    calls, precompute_inputs = [], []
+    forward = GuidanceExtractor.forward
+
+    def counted_forward(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return forward(self, *args, **kwargs)
+
+    def run_once(fn, device, repeats, warmup, holders=()) -> Timing:
+        its = [h for h in holders if torch.is_tensor(h) and h.shape[-1] == 620]
+        if its:
+            precompute_inputs.extend(its)
+            return Timing(1.5, 1.5)
+        before = len(calls)
+        fn()
+        ran = len(calls) - before
+        training = any(isinstance(h, torch.optim.Optimizer) for h in holders)
+        return Timing(1.0 + 2.0 * ran if training else 0.5 + ran, 1.5)
+
+    monkeypatch.setattr(GuidanceExtractor, 'forward', counted_forward)
+    monkeypatch.setattr(benchmark, 'measure_or_oom', run_once)
+    monkeypatch.setattr(benchmark, 'guidance_flops', lambda *args: 3e9)  # FLOPs: the prior 3 G, the step 1 G / 9 G
+    monkeypatch.setattr(benchmark, 'step_flops', lambda *args: 9e9 if args[-1] else 1e9)
+    monkeypatch.setattr(benchmark, 'count_flops', lambda *args, **kwargs: 5e9)
+    _, report = _run(sections=('precompute',), sizes=((620, 460),))
+    rows = _precompute_rows(report)
+    hours = benchmark.PAPER_ITERATIONS / 3600
+    assert rows['online'][S:GFLOP + 1] == [3.0, pytest.approx(1 / 3), pytest.approx(3.0), pytest.approx(50.0), 1.5,
+                                           pytest.approx(3 * hours), pytest.approx(4.0)]
+    assert rows['prior part'][S:GFLOP + 1] == [1.5, pytest.approx(1 / 1.5), None, pytest.approx(50.0), 1.5, None,
+                                               pytest.approx(3.0)]
+    assert rows['precomputed'][S:GFLOP + 1] == [1.0, 1.0, 1.0, None, 1.5, pytest.approx(hours), pytest.approx(1.0)]
+    assert rows['online diffloss'][S:GFLOP + 1] == [3.0, pytest.approx(1 / 3), pytest.approx(3.0),
+                                                    pytest.approx(50.0), 1.5, pytest.approx(3 * hours),
+                                                    pytest.approx(12.0)]
+    assert rows['precomputed diffloss'][S:HOURS + 1] == [1.0, 1.0, 1.0, None, 1.5, pytest.approx(hours)]
+    assert rows['flops'][VS:SHARE + 1] == [pytest.approx(4.0), pytest.approx(75.0)]
+    assert rows['flops diffloss'][VS:SHARE + 1] == [pytest.approx(12 / 9), pytest.approx(25.0)]
+    height, width, channels = _tiny_store_shape()
+    stored = 2 * height * width * 2 * channels * 2 / 1e6  # both orientations of one 620×460 image, fp16
+    assert rows['precompute'][0].startswith('precompute: the prior on one whole 620×460 (ITS) image, both orient')
+    (images,) = precompute_inputs
+    assert images.shape == (2, 3, 460, 620) and torch.equal(images[1], images[0].flip(-1))
+    assert rows['precompute'][S:] == [1.5, pytest.approx(1 / 1.5), None, None, 1.5, None, 5.0,
+                                      pytest.approx(stored), pytest.approx(stored / 1.5)]
+
+
+def test_flop_ratio_of_the_paper_step_against_its_parts():
+    """At the paper's shapes (adm256_uncond, DiffLI2D, 128² crops; batch 1: FLOPs scale with it), on fake tensors:
+    the prior's part is the UNet encoder's forward on both timesteps, counted here on ADMUNet itself; the
+    precomputed step is the network's forward and backward, 2 to 3 forwards counted here; the ratio is the issue's
+    'FLOPs say up to 9.6×' give or take the backward's estimate."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    block = {'type': 'HSpaceExtractor', 'unet': 'adm256_uncond', 'random_weights': True, 'timesteps': [0, 500],
+             'dtype': 'fp32'}
+    prior = benchmark.guidance_flops(block, 1, 128)
+    step = benchmark.step_flops({'type': 'DiffLI2D'}, block, 1, 128, False)
+    encoder_pass, network_forward = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        encoder = ADMUNet(**adm_flags('adm256_uncond'), encoder_only=True)
+        with encoder_pass:
+            encoder.forward_hspace(torch.randn(2, 3, 128, 128), torch.tensor([0, 500]))
+        net = build_network({'type': 'DiffLI2D'})
+        h = torch.randn(1, encoder.hspace_channels, 4, 4)
+        with network_forward:
+            net(torch.rand(1, 3, 128, 128), h, h)
+    assert prior == encoder_pass.get_total_flops()
+    assert 2 * network_forward.get_total_flops() < step <= 3 * network_forward.get_total_flops()
+    assert 8 < (prior + step) / step < 12
 
 
 # ------------------------------------------------------------------------ the measuring primitives

@@ -143,6 +143,15 @@ def test_print_gives_one_command_per_pending_run_and_writes_its_option_files(pro
     assert commands == ['python tools/test.py -opt experiments/sweeps/grid/grid_t2_100_test.yml']
 
 
+def test_a_precomputed_run_fills_its_prior_store_before_it_trains(project, monkeypatch, capsys):
+    run_cli(project, monkeypatch, 'options/sweeps/grid.yml', '--print', '--set', 'train.prior_features=precomputed')
+    lines = capsys.readouterr().out.splitlines()
+    folder = 'experiments/sweeps/grid'
+    assert lines == [f'python tools/precompute_prior.py -opt {folder}/grid_t2_{t}_train.yml && '
+                     f'python tools/train.py -opt {folder}/grid_t2_{t}_train.yml && '
+                     f'python tools/test.py -opt {folder}/grid_t2_{t}_test.yml' for t in (100, 300)]
+
+
 def test_dry_run_says_what_would_run_and_writes_nothing(project, monkeypatch, capsys):
     run_cli(project, monkeypatch, 'options/sweeps/grid.yml', '--dry-run', '--set', 'train.total_iter=2')
     lines = capsys.readouterr().out.splitlines()

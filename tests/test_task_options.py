@@ -166,7 +166,7 @@ def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
                 'meta_info_file': str(tmp_path / 'pairs.txt'), 'phase': 'train', 'scale': 1, 'num_worker_per_gpu': 0}
     run = translate_options({'datasets': {'train': stand_in}, 'dist': False, 'world_size': 1, 'rank': 0,
                              'num_gpu': 0, 'is_train': True, 'model_type': opt['model_type'], 'manual_seed': 0,
-                             'train': opt['train']})
+                             'train': {**opt['train'], 'prior_features': 'online'}})  # the loader's length only
     loader = create_train_val_loaders(run, get_root_logger()).loader
     per_epoch, epochs = len(loader), _epoch_schedule(text)
     assert opt['train']['total_iter'] == epochs['total'][0] * per_epoch

@@ -11,11 +11,15 @@ not installed): a full forward, one pass per timestep (t = 0, then t = 500), fp3
 Sections (one Markdown table each, ``SECTIONS``; the report dict and ``--json`` hold the same figures):
   1 prior: latency, images/s, peak memory and speed-up at 128², 256², 620×460 (SOTS) and 1600×1200 (Dense/NH-HAZE);
   2 training step at the paper's recipe (batch 40 of 128² crops, prior + DiffLI2D forward/backward/Adam), without
-    and with DiffLoss, and the hours 420 k iterations take;
+    and with DiffLoss, and the hours 418,800 iterations take;
   3 validation: first and second pass over a set of 256² images with cached prior features (the quickstart model);
   4 inference end to end (prior + network) at 256² and SOTS size;
   5 parameters and FLOPs (torch.utils.flop_counter), with the fraction of the GPU's bf16 peak in section 1;
-  6 attention kernels: which scaled_dot_product_attention kernels ran (GPU only, torch.profiler).
+  6 attention kernels: which scaled_dot_product_attention kernels ran (GPU only, torch.profiler);
+  7 precompute: training on precomputed prior features (``train.prior_features: precomputed``) against the online
+    step at the paper's shapes, without and with DiffLoss (s/it, the ratio, the prior's share, FLOPs), the prior's
+    throughput on whole ITS-sized images (620×460, both orientations), the storage of one such image per draw, and
+    how fast ``FeatureStore`` reads the 128² crops' windows of features.
 
 Sizes are written width×height. On the CPU the large sizes take minutes per image, so only those up to 256² run
 unless ``sizes`` names them. ``quick`` (seconds on a CPU: the tiny prior and the quickstart network, batch 2,
@@ -23,13 +27,17 @@ one repeat) checks that the benchmark works; its figures mean nothing.
 """
 import functools
 import gc
+import hashlib
 import json
+import random
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from basicsr.archs import build_network
@@ -42,6 +50,7 @@ from difflid.analysis.benchmark_measure import (
     attention_kernels,
     bf16_peak_tflops,
     count_flops,
+    measure,
     measure_or_oom,
     synchronize,
 )
@@ -52,6 +61,7 @@ from difflid.priors.base import GuidanceExtractor
 from difflid.priors.builder import build_prior, with_denoiser
 from difflid.priors.cache import CachedGuidance, prior_cache_key
 from difflid.priors.schedules import to_diffusion_range
+from difflid.utils.feature_store import FeatureStore
 from difflid.utils.options import resolve_option_file
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import resolve_dtype
@@ -61,7 +71,9 @@ __all__ = ['OUT_OF_MEMORY', 'QUICKSTART', 'SECTIONS', 'SKIPPED_ON_CPU', 'Benchma
 
 QUICKSTART = Path('options') / '_base_' / 'quickstart.yml'  # under the repository root: the --quick model
 TIMESTEPS = (0, 500)  # paper Sec. 5.3: t1 = 0 (content), t2 = 500 (haze)
-PAPER_ITERATIONS = 420_000  # options/dehaze_its.yml: 1200 epochs x 349 iterations = 418,800, rounded
+PAPER_ITERATIONS = 418_800  # options/dehaze_its.yml: 1200 epochs x 349 iterations
+PAPER_CROP = 128  # options/dehaze_its.yml: gt_size
+QUICK_CROP = 32  # section 7's crops (and its precompute image) with quick: one feature cell
 # (width, height, name) of section 1; section 4 uses 256² and SOTS
 PRIOR_SIZES = ((128, 128, ''), (256, 256, ''), (620, 460, 'SOTS'), (1600, 1200, 'Dense/NH-HAZE'))
 INFER_SIZES = ((256, 256, ''), (620, 460, 'SOTS'))
@@ -70,7 +82,12 @@ SKIPPED_ON_CPU = 'skipped on CPU (--sizes to force)'
 OUT_OF_MEMORY = 'cannot run (out of memory)'
 # DiffLoss at batch 40 must fit one 80 GB GPU: an H100/A100 80GB has 79.6 GiB, of which the CUDA context takes ~1
 GPU_MEMORY_BUDGET_GIB = 78.5
-SECTIONS = ('prior', 'train', 'val', 'infer', 'flops', 'kernels')
+# section 7: one RESIDE ITS image, the unit of a precomputed feature store (ITS has 13,990 hazy images)
+ITS_SIZE, ITS_IMAGES = (620, 460, 'ITS'), 13_990
+LOADER_BATCH = 40  # windows per loader batch: the paper's batch
+LOADER_ENTRIES = 64  # ITS-sized entries the loader rows read from (quick: 8)
+LOADER_BATCHES = 20  # timed loader batches per row (quick: 3), of which the median is reported
+SECTIONS = ('prior', 'train', 'val', 'infer', 'flops', 'kernels', 'precompute')
 
 Cell = float | int | str | None
 
@@ -333,10 +350,12 @@ def prior_section(bench: Bench) -> Table:
     return table
 
 
-def train_step(net: nn.Module, prior: GuidanceExtractor, optimizer: torch.optim.Optimizer, lq: torch.Tensor,
-               gt: torch.Tensor, diffloss: DiffLoss | None) -> None:
-    """One iteration of DiffLI2DModel's training: fresh-noise prior features, L1 (+ DiffLoss), Adam."""
-    f_cim, f_hae = prior.guidance(lq, fresh_noise=True)
+def train_step(net: nn.Module, prior: GuidanceExtractor | None, optimizer: torch.optim.Optimizer, lq: torch.Tensor,
+               gt: torch.Tensor, diffloss: DiffLoss | None,
+               features: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """One iteration of DiffLI2DModel's training: fresh-noise prior features (or the given ``features``, as with
+    ``train.prior_features: precomputed``), L1 (+ DiffLoss), Adam."""
+    f_cim, f_hae = features if features is not None else prior.guidance(lq, fresh_noise=True)
     out = net(lq, f_cim, f_hae)
     loss = F.l1_loss(out, gt)
     if diffloss is not None:
@@ -346,16 +365,23 @@ def train_step(net: nn.Module, prior: GuidanceExtractor, optimizer: torch.optim.
     optimizer.step()
 
 
-def time_training(bench: Bench, prior: GuidanceExtractor, lq: torch.Tensor, gt: torch.Tensor,
-                  with_diffloss: bool) -> Timing | None:
+def time_training(bench: Bench, prior: GuidanceExtractor, lq: torch.Tensor, gt: torch.Tensor, with_diffloss: bool,
+                  features: tuple[torch.Tensor, torch.Tensor] | None = None, repeats: int | None = None,
+                  warmup: int | None = None) -> Timing | None:
     """Training steps of a new network (and its Adam state), freed on return. DiffLoss runs on ``prior`` itself
-    (``shared_prior``), as DiffLI2DModel's does: one copy of the weights."""
+    (``shared_prior``), as DiffLI2DModel's does: one copy of the weights. With ``features`` (precomputed) the prior
+    does not run, and is not held unless DiffLoss needs it. ``repeats``, ``warmup``: timed and untimed steps (default:
+    the bench's)."""
     net = bench.network().train()
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.999))
     diffloss = DiffLoss(shared_prior=prior, use_checkpoint=True).to(bench.device) if with_diffloss else None
-    holders = (net, prior, optimizer, lq, gt, *((diffloss,) if diffloss else ()))
-    return measure_or_oom(functools.partial(train_step, net, prior, optimizer, lq, gt, diffloss), bench.device,
-                          bench.repeats, bench.warmup, holders)
+    uses_prior = features is None or with_diffloss
+    holders = (net, *((prior,) if uses_prior else ()), optimizer, lq, gt, *(features or ()),
+               *((diffloss,) if diffloss else ()))
+    return measure_or_oom(functools.partial(train_step, net, prior if uses_prior else None, optimizer, lq, gt,
+                                            diffloss, features), bench.device,
+                          bench.repeats if repeats is None else repeats, bench.warmup if warmup is None else warmup,
+                          holders)
 
 
 def train_section(bench: Bench) -> Table:
@@ -522,8 +548,230 @@ def kernels_section(bench: Bench) -> Table:
     return table
 
 
+def guidance_flops(prior_block: dict, batch: int, crop: int) -> int:
+    """FLOPs of the prior's guidance on ``batch`` crops of ``crop``²: the part of an online step that precomputing
+    removes."""
+    return count_flops(lambda: build_prior(prior_block),
+                       lambda prior: prior.guidance(torch.rand(batch, 3, crop, crop), fresh_noise=True))
+
+
+def step_flops(network_opt: dict, prior_block: dict, batch: int, crop: int, with_diffloss: bool) -> int:
+    """FLOPs of one precomputed training iteration (``train_step`` with features given) at ``batch`` crops of
+    ``crop``², forward and backward (Adam's elementwise update counts 0). The online step is this plus
+    ``guidance_flops``: it is the same step on the features that the guidance pass computes."""
+    block = with_denoiser(prior_block) if with_diffloss else prior_block
+
+    def build() -> nn.ModuleDict:
+        return nn.ModuleDict({'net': build_network(dict(network_opt)).train(), 'prior': build_prior(block)})
+
+    def step(modules: nn.ModuleDict) -> None:
+        net, prior = modules['net'], modules['prior']
+        cells = -(-crop // prior.downsample_factor)
+        features = tuple(torch.randn(batch, prior.feature_channels, cells, cells) for _ in range(2))
+        diffloss = DiffLoss(shared_prior=prior, use_checkpoint=True) if with_diffloss else None
+        train_step(net, None, torch.optim.Adam(net.parameters(), lr=2e-4), torch.rand(batch, 3, crop, crop),
+                   torch.rand(batch, 3, crop, crop), diffloss, features)
+
+    return count_flops(build, step, grad=True)
+
+
+def entry_bytes(width: int, height: int, stride: int, channels: int, itemsize: int = 2) -> int:
+    """Bytes of one stored entry (one image, orientation and draw) without the file's header: every stride×stride
+    cell of the image padded to the stride holds both maps (t1, t2) of ``channels`` values (fp16: 2 bytes)."""
+    return -(-height // stride) * -(-width // stride) * 2 * channels * itemsize
+
+
+def read_rate(store: FeatureStore, digests: list[str], grid: tuple[int, int], window: int | None, batches: int,
+              seed: int = 0) -> tuple[float, int]:
+    """(median seconds, bytes read) per loader batch of ``LOADER_BATCH`` reads of random entries of ``store``
+    (orientation 0, draw 0; ``grid`` = their (rows, cols) of cells): ``window``×``window``-cell windows at random
+    cells, or whole entries (None). One untimed batch first."""
+    picker = random.Random(seed)
+    rows, cols = grid
+    got: list[int] = []
+
+    def one_batch() -> None:
+        total = 0
+        for _ in range(LOADER_BATCH):
+            if window is None:
+                part = store.read(picker.choice(digests), 0, 0)
+            else:
+                top, left = picker.randrange(rows - window + 1), picker.randrange(cols - window + 1)
+                part = store.read(picker.choice(digests), 0, 0, slice(top, top + window), slice(left, left + window))
+            total += part.nbytes
+        got.append(total)
+
+    timing = measure(one_batch, torch.device('cpu'), repeats=batches, warmup=1)
+    return timing.seconds, got[-1]
+
+
+def precompute_rate(bench: Bench, prior: GuidanceExtractor) -> tuple[str, tuple[int, int], Timing | None]:
+    """(row label, (width, height), timing) of the prior on one whole image as ``tools/precompute_prior.py`` computes
+    it: both horizontal orientations, one pass each, the prior's seeded noise, both maps to fp16 on the host. An
+    ITS-sized image, or on the CPU, unless ``sizes`` names 620x460, a 256² one (quick: ``QUICK_CROP``²)."""
+    width, height, name = ITS_SIZE
+    label = f'precompute: the prior on one whole {size_label(width, height, name)} image'
+    if not bench.runs(width, height):
+        width = height = QUICK_CROP if bench.options.quick else 256
+        label = (f'precompute: the prior on one whole {width}×{height} image (a stand-in: {size_label(*ITS_SIZE)} is '
+                 'skipped on the CPU, --sizes 620x460 runs it)')
+    img = bench.image(width, height, seed=4)
+    images = torch.cat([img, img.flip(-1)])  # orientations 0 and 1
+    t1, t2 = prior.timesteps[:2]
+
+    def compute() -> list[torch.Tensor]:  # one pass per orientation: the numbers a test-time pass gives
+        entries = []
+        for image in images.split(1):
+            feats = prior(image)
+            entries.append(torch.stack([feats[t1], feats[t2]], dim=1).permute(0, 3, 4, 1, 2).contiguous().half().cpu())
+        return entries
+
+    timing = measure_or_oom(compute, bench.device, bench.repeats, bench.warmup, (prior, images))
+    dtype = str(prior.dtype).removeprefix('torch.')
+    return (f'{label}, both orientations (one pass each), seeded noise, prior in {dtype}, to fp16 on the host',
+            (width, height), timing)
+
+
+def precompute_section(bench: Bench) -> Table:
+    """Online step vs precomputed step at the paper's shapes (and with DiffLoss), the precompute's throughput, the
+    storage per ITS image and draw, and the loader's read speed (see the notes the table carries)."""
+    batch, crop = bench.train_batch, QUICK_CROP if bench.options.quick else PAPER_CROP
+    # The L1 rows are the headline, and the precomputed step is cheap: a first call's one-off costs (kernel selection)
+    # or one noisy call would distort its ratio, so they get at least 1 untimed and 3 timed calls (unless set).
+    warmup = bench.warmup if bench.options.warmup is not None else max(bench.warmup, 1)
+    repeats = bench.repeats if bench.options.repeats is not None or bench.options.quick else max(bench.repeats, 3)
+    hours = f'hours for {PAPER_ITERATIONS:,} it'
+    table = Table(f'7. Precomputed prior features: training without the prior ({crop}² crops, batch {batch}), '
+                  'precompute, storage, loader',
+                  ['row', 'unit', 's/unit', 'units/s', 'online / precomputed (×)', "prior's share (%)",
+                   'peak memory (GiB)', hours, 'GFLOP/unit', 'MB/unit', 'MB/s'])
+    bench.free()  # the GPU holds only this section's tensors
+    prior = bench.extractor()
+    stride, channels = prior.downsample_factor, prior.feature_channels
+    lq, gt = bench.image(crop, crop, batch, seed=1), bench.image(crop, crop, batch, seed=2)
+    cells = -(-crop // stride)
+    gen = torch.Generator().manual_seed(3)
+    features = tuple(torch.randn(batch, channels, cells, cells, generator=gen).to(bench.device) for _ in range(2))
+    unit = f'it (batch {batch})'
+
+    def seconds(timing: Timing | None) -> float | None:
+        return timing.seconds if timing else None
+
+    def ratio(a: float | None, b: float | None, scale: float = 1.0) -> float | None:
+        return scale * a / b if a and b else None
+
+    def step_row(label: str, timing: Timing | None, share: float | None, vs: float | None, flops: int,
+                 training: bool = True) -> list[Cell]:
+        if timing is None:
+            return [label, unit, OUT_OF_MEMORY, None, None, None, None, None, flops / 1e9, None, None]
+        return [label, unit, timing.seconds, 1 / timing.seconds, vs, share, timing.peak_gib,
+                PAPER_ITERATIONS * timing.seconds / 3600 if training else None, flops / 1e9, None, None]
+
+    # the prior part, and the L1 pair, with the encoder-only prior DiffLI2DModel builds for L1
+    guidance = measure_or_oom(functools.partial(prior.guidance, lq, fresh_noise=True), bench.device, repeats, warmup,
+                              (prior, lq))
+    steps = {('online', False): time_training(bench, prior, lq, gt, False, None, repeats, warmup),
+             ('precomputed', False): time_training(bench, prior, lq, gt, False, features, repeats, warmup)}
+    precompute_label, (pre_w, pre_h), precompute = precompute_rate(bench, prior)
+    del prior
+    bench.free()
+    # the DiffLoss pair: the prior keeps its decoder, DiffLoss runs on its UNet (as DiffLI2DModel shares it)
+    prior = bench.extractor(denoiser=True)
+    for mode, given in (('online', None), ('precomputed', features)):
+        steps[mode, True] = time_training(bench, prior, lq, gt, True, given)
+    del prior
+    gc.collect()
+
+    prior_part_flops = guidance_flops(bench.prior_block('fp32'), batch, crop)
+    for with_diffloss, loss in ((False, 'L1'), (True, 'L1 + DiffLoss (use_checkpoint)')):
+        precomputed_flops = step_flops(bench.network_opt, bench.prior_block('fp32'), batch, crop, with_diffloss)
+        online_flops = prior_part_flops + precomputed_flops
+        online, precomputed = seconds(steps['online', with_diffloss]), seconds(steps['precomputed', with_diffloss])
+        table.rows.append(step_row(f'online step, {loss}: the prior (fresh noise) + DiffLI²D forward/backward + Adam',
+                                   steps['online', with_diffloss], ratio(seconds(guidance), online, 100),
+                                   ratio(online, precomputed), online_flops))
+        if not with_diffloss:
+            table.rows.append(step_row("its prior part: the prior's guidance alone (no_grad)", guidance,
+                                       ratio(seconds(guidance), online, 100), None, prior_part_flops, training=False))
+        what = ('DiffLI²D forward/backward + Adam on features already on the device' if not with_diffloss else
+                "the same, DiffLoss still runs the prior's UNet on the restored and GT images")
+        table.rows.append(step_row(f'precomputed step, {loss}: {what}', steps['precomputed', with_diffloss], None,
+                                   1.0 if precomputed else None, precomputed_flops))
+        table.rows.append([f'FLOPs, {loss}: online / precomputed step, and the prior\'s share', unit, None, None,
+                           online_flops / precomputed_flops, 100 * prior_part_flops / online_flops, None, None, None,
+                           None, None])
+
+    # precompute throughput: one image (both orientations), one draw
+    pre_bytes = 2 * entry_bytes(pre_w, pre_h, stride, channels)
+    pre_flops = count_flops(lambda: build_prior(bench.prior_block('fp32')),
+                            lambda p: p(torch.rand(2, 3, pre_h, pre_w)))
+    if precompute is None:
+        table.rows.append([precompute_label, 'image, 1 draw', OUT_OF_MEMORY, None, None, None, None, None,
+                           pre_flops / 1e9, pre_bytes / 1e6, None])
+    else:
+        table.rows.append([precompute_label, 'image, 1 draw', precompute.seconds, 1 / precompute.seconds, None, None,
+                           precompute.peak_gib, None, pre_flops / 1e9, pre_bytes / 1e6,
+                           pre_bytes / 1e6 / precompute.seconds])
+
+    # storage, and the loader's reads, on a temporary store of ITS-sized fp16 entries
+    width, height, name = ITS_SIZE
+    grid = (-(-height // stride), -(-width // stride))
+    formula = entry_bytes(width, height, stride, channels)
+    count, batches = (8, 3) if bench.options.quick else (LOADER_ENTRIES, LOADER_BATCHES)
+    window = crop // stride
+    array = np.random.default_rng(0).standard_normal((*grid, 2, channels), dtype=np.float32).astype(np.float16)
+    with tempfile.TemporaryDirectory(prefix='difflid-bench-store-') as folder:
+        store = FeatureStore(folder)
+        digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(count)]
+        written = [store.write(digest, 0, 0, array) for digest in digests][0]
+        window_s, window_bytes = read_rate(store, digests, grid, window, batches)
+        whole_s, whole_bytes = read_rate(store, digests, grid, None, batches)
+    table.rows.append([f'storage: one {size_label(width, height, name)} image, 1 orientation, 1 draw, fp16: '
+                       f'{grid[0]}×{grid[1]} cells × 2 maps × {channels} channels × 2 B', 'entry', None, None, None,
+                       None, None, None, None, formula / 1e6, None])
+    table.rows.append(['storage: the same entry as FeatureStore.write stores it (.npy)', 'entry', None, None, None,
+                       None, None, None, None, written / 1e6, None])
+    for label, unit_name, s_batch, n_bytes in (
+            (f'loader: random {window}×{window}-cell windows (a {crop}² crop each) of {count} entries, '
+             'FeatureStore.read (memory-mapped)', 'window', window_s, window_bytes),
+            (f'loader, for contrast: whole entries of {count}, FeatureStore.read', 'entry', whole_s, whole_bytes)):
+        table.rows.append([label, unit_name, s_batch / LOADER_BATCH, LOADER_BATCH / s_batch, None, None, None, None,
+                           None, n_bytes / LOADER_BATCH / 1e6, n_bytes / s_batch / 1e6])
+
+    table.notes += [
+        'Precomputed step: what DiffLI2DModel does with train.prior_features: precomputed (the batch brings f_cim and '
+        f'f_hae, here ({batch}, {channels}, {cells}, {cells}) float32 tensors already on the device); the loader\'s '
+        'reads (rows below) run in its workers, beside the step. The prior\'s share is its part over the online step.',
+        'FLOPs by torch.utils.flop_counter on fake tensors, forward and backward (convolutions, matmuls, attention); '
+        'elementwise work (Adam, normalisations, activations) counts 0, so a measured ratio below the FLOP ratio '
+        'means the network\'s memory-bound work weighs more than its FLOPs say.',
+        'With DiffLoss, precomputing saves the guidance pass only (the encoder on the LQ crop at both timesteps): '
+        'DiffLoss still runs the prior\'s full UNet on the restored image (forward, checkpoint recompute, backward) '
+        'and on the GT (forward), and the UNet stays in memory.',
+        'Precompute: tools/precompute_prior.py\'s work per image and draw (K draws take K times as long); MB/unit is '
+        'what it stores (both orientations), MB/s the write rate that keeps up.'
+        + (f' All of ITS ({ITS_IMAGES:,} images) takes {ITS_IMAGES * precompute.seconds / 3600:.3g} h per draw at '
+           'this rate.' if precompute and (pre_w, pre_h) == ITS_SIZE[:2] else ''),
+        f'Storage: the .npy header adds {written - formula} B to the {formula:,} B of the formula; ITS with both '
+        f'orientations is {ITS_IMAGES * 2 * written / 1e9:.3g} GB per draw.',
+        f'Loader: {count} entries just written to a temporary folder, so the figures are warm-page-cache ones (caches '
+        f'cannot be dropped here; a cold disk reads {window} runs of {window * 2 * channels * 2:,} B per window). A '
+        f'batch of {LOADER_BATCH} windows takes {1e3 * window_s:.3g} ms, {LOADER_BATCH} whole entries '
+        f'{1e3 * whole_s:.3g} ms (median of {batches} batches).',
+    ]
+    table.notes.append(f'The L1 rows (online step, prior part, precomputed step) are the median of {repeats} timed '
+                       f'call(s) after {warmup} untimed one(s) (--repeats, --warmup), as one-off costs or one noisy '
+                       'call would weigh on the cheap precomputed step; the other rows use the bench\'s settings.')
+    if bench.options.quick:
+        table.notes.append(f'--quick: {crop}² crops and precompute image, the tiny prior: a check, not a measurement.')
+    elif not bench.gpu:
+        table.notes.append('CPU: a smaller batch by default (--train-batch to change it).')
+    return table
+
+
 SECTION_RUNNERS = {'prior': prior_section, 'train': train_section, 'val': validation_section,
-                   'infer': inference_section, 'flops': flops_section, 'kernels': kernels_section}
+                   'infer': inference_section, 'flops': flops_section, 'kernels': kernels_section,
+                   'precompute': precompute_section}
 
 
 def run_benchmark(options: BenchmarkOptions, root: str | Path) -> dict:

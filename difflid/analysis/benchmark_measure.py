@@ -150,17 +150,19 @@ def measure_or_oom(fn: Callable[[], object], device: torch.device, repeats: int,
         return None
 
 
-def count_flops(build: Callable[[], nn.Module], run: Callable[[nn.Module], object]) -> int:
+def count_flops(build: Callable[[], nn.Module], run: Callable[[nn.Module], object], grad: bool = False) -> int:
     """FLOPs of ``run(build())`` by torch.utils.flop_counter (1 multiply-add = 2 FLOPs), on fake tensors: nothing is
     allocated or computed, so the 552 M-parameter UNet at 1600×1200 counts in a second. Attention is counted through
     the math backend (FlopCounterMode has no formula for the CPU's fused SDPA kernel, which would count 0); its
-    matmuls are the FLOPs of every backend."""
+    matmuls are the FLOPs of every backend. ``grad``: autograd on, so that ``run`` may call ``backward()`` (a training
+    step), whose FLOPs count too; elementwise work (an optimizer's update, normalisations) has no formula and
+    counts 0."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+    with FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH), torch.set_grad_enabled(grad):
         module = build()
         with counter:
             run(module)

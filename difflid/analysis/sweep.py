@@ -74,6 +74,7 @@ OPTIONAL_KEYS = (
     'val.tile', 'val.tile_overlap', 'val.input_metrics', 'val.num_sheets', 'val.pbar', 'val.save_img', 'val.suffix',
     'val.val_freq', 'val.metrics',
     'train.ema_decay', 'train.fresh_prior_noise', 'train.diff_opt', 'train.warmup_iter', 'train.pixel_opt',
+    'train.prior_features', 'train.prior_draws', 'train.prior_store', 'train.prior_store_dtype',
     'path.pretrain_network_g', 'path.param_key_g', 'path.strict_load_g', 'path.resume_state',
     'datasets.*.num_worker_per_gpu', 'datasets.*.prefetch_mode', 'datasets.*.pin_memory',
     'datasets.*.persistent_workers', 'datasets.*.dataset_enlarge_ratio', 'datasets.*.use_hflip', 'datasets.*.use_rot',
@@ -103,6 +104,11 @@ class Run:
     test_opt: dict
     source: str  # what the options came from, for logs
     x: float | None = None  # the grid coordinate
+
+    @property
+    def precomputed(self) -> bool:
+        """Whether the run trains on precomputed prior features (its stores are filled before it trains)."""
+        return (self.train_opt.get('train') or {}).get('prior_features') == 'precomputed'
 
     @property
     def test_sets(self) -> list[str]:
@@ -471,6 +477,8 @@ def print_commands(sweeps: list[Sweep], root: Path, auto_resume: bool = False,
         if status == 'train':
             steps.insert(0, f'python tools/train.py -opt {_relative(train_file, root)}'
                             + (' --auto_resume' if auto_resume else ''))
+            if run.precomputed:  # resumable and skips what is stored: runs sharing a store pay for it once
+                steps.insert(0, f'python tools/precompute_prior.py -opt {_relative(train_file, root)}')
         commands.append(' && '.join(steps))
         echo(commands[-1])
     return commands
@@ -489,6 +497,8 @@ def execute(sweeps: list[Sweep], root: Path, auto_resume: bool = False, dry_run:
             continue
         train_file, test_file = write_option_files(run, root)
         if status == 'train':
+            if run.precomputed:  # resumable and skips what is stored: runs sharing a store pay for it once
+                _call(root, 'precompute_prior.py', train_file, [], run.name)
             _call(root, 'train.py', train_file, ['--auto_resume'] if auto_resume else [], run.name)
         _call(root, 'test.py', test_file, [], run.name)
 
@@ -497,7 +507,7 @@ def _call(root: Path, tool: str, option_file: Path, extra: list[str], name: str)
     cmd = [sys.executable, str(root / 'tools' / tool), '-opt', str(option_file), *extra]
     code = subprocess.run(cmd, cwd=root, check=False).returncode
     if code != 0:
-        where = f'experiments/{name}/' if tool == 'train.py' else f'results/{name}/'
+        where = {'train.py': f'experiments/{name}/', 'test.py': f'results/{name}/'}.get(tool, 'its output above')
         raise SweepError(f'run {name}: tools/{tool} exited with {code} (log in {where}); rerun the sweep to go on '
                          '(with --auto_resume to continue an interrupted training)')
 

@@ -78,6 +78,10 @@ class PairListDataset(data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def lq_names(self) -> list[str]:
+        """Every item's LQ image as the pair list names it (what precomputed prior features are indexed by)."""
+        return [lq for lq, _ in self.pairs]
+
     def _read(self, rel: str, side: str):
         if self.backend['type'] == 'lmdb':
             return imfrombytes(self.file_client.get(lmdb_key(rel), side), float32=True), rel

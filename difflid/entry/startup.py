@@ -13,7 +13,7 @@ import os
 import random
 import shlex
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import path as osp
@@ -28,11 +28,11 @@ from torch import distributed as dist
 from difflid.data.file_checks import check_dataset_files
 from difflid.models.base_restoration import RestorationModel
 from difflid.utils.errors import OptionError, data_parallel_message
-from difflid.utils.option_schema import load_raw_options, validate_options
+from difflid.utils.option_schema import load_raw_options, plan_summary, validate_options
 from difflid.utils.options import is_training_options, training_to_test_options
 from difflid.utils.paths import locate_dataset_paths
 
-__all__ = ['RunOptions', 'StartupLog', 'derive_options', 'init_dist', 'load_resume_state', 'parse_arguments',
+__all__ = ['RunOptions', 'StartupLog', 'begin', 'derive_options', 'init_dist', 'load_resume_state', 'parse_arguments',
            'prepare_folders', 'prepare_options', 'resume_command', 'startup_errors', 'translate_options']
 
 LOG_FORMAT = '%(asctime)s %(levelname)s: %(message)s'  # basicsr's log line
@@ -78,6 +78,19 @@ def prepare_options(argv: list[str], root: str | Path, is_train: bool) -> RunOpt
     notes += locate_dataset_paths(opt, [Path.cwd(), Path(root)])
     check_dataset_files(opt)
     return RunOptions(raw, opt, args, notes)
+
+
+def begin(root: str | Path, argv: list[str], is_train: bool,
+          check_lines: Callable[[RunOptions], list[str]] = lambda run: []) -> RunOptions | None:
+    """The start shared by tools/train.py and tools/test.py: the checked options (``prepare_options``), or, with
+    ``--check``, the plan printed (with ``check_lines``' lines) and None: nothing is created either way."""
+    with startup_errors():
+        run = prepare_options(argv, root, is_train)
+        if run.args.check:
+            print('\n'.join([plan_summary(run.raw, is_train), *run.notes, *check_lines(run)]))
+            return None
+    torch.backends.cudnn.benchmark = True
+    return run
 
 
 def derive_options(raw: dict, args: argparse.Namespace, root: str | Path, is_train: bool) -> dict:

@@ -3,14 +3,12 @@ options, the dataset files, the datasets and the model (with its weights) are kn
 from os import path as osp
 from pathlib import Path
 
-import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils import get_env_info, get_time_str
 from basicsr.utils.options import dict2str
 
-from difflid.entry.startup import StartupLog, prepare_folders, prepare_options, startup_errors
-from difflid.utils.option_schema import plan_summary
+from difflid.entry.startup import StartupLog, begin, prepare_folders, startup_errors
 
 __all__ = ['test']
 
@@ -20,13 +18,10 @@ def test(root: str | Path, argv: list[str]) -> None:
 
     Raises OptionError/FileNotFoundError for a test that cannot start, before creating or moving anything.
     """
-    with startup_errors():
-        run = prepare_options(argv, root, is_train=False)
-    if run.args.check:
-        print('\n'.join([plan_summary(run.raw, False), *run.notes]))
+    run = begin(root, argv, is_train=False)
+    if run is None:  # --check
         return
     opt = run.opt
-    torch.backends.cudnn.benchmark = True
     log = StartupLog()
     logger = log.logger
     try:

@@ -35,20 +35,20 @@ from basicsr.utils.options import dict2str
 from torch import distributed as dist
 
 from difflid.data.sampler import ResumableSampler, SeededDataset, ignore_stop_signals, preserved_random_state
+from difflid.entry.precompute import PRIOR_FEATURE_MODES, check_prior_stores, precompute_command, stored_dataset
 from difflid.entry.signals import StopRequest
 from difflid.entry.startup import (
     RunOptions,
     StartupLog,
+    begin,
     load_resume_state,
     prepare_folders,
-    prepare_options,
     resume_command,
     startup_errors,
 )
 from difflid.models.base_restoration import RestorationModel
 from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
 from difflid.utils.errors import OptionError
-from difflid.utils.option_schema import plan_summary
 
 __all__ = ['TrainData', 'TrainingMessages', 'create_train_val_loaders', 'restore_rng_state', 'rng_state', 'train']
 
@@ -65,10 +65,22 @@ class TrainData:
     total_iters: int
 
 
-def create_train_val_loaders(opt: dict, logger) -> TrainData:
+def create_train_val_loaders(opt: dict, logger, precompute: str = 'python tools/precompute_prior.py -opt <file>'
+                             ) -> TrainData:
     """basicsr's loaders (``build_dataset``/``build_dataloader``) with the resumable sampler and the seeded dataset;
-    the epoch count from the loader's real (drop_last) length."""
+    the epoch count from the loader's real (drop_last) length. With ``train.prior_features: precomputed`` every
+    dataset reads its prior features from its store (``stored_dataset``; a missing or mismatched store is an
+    OptionError ending in ``precompute``, the command that fixes it)."""
     train, val_loaders = None, []
+    mode = (opt.get('train') or {}).get('prior_features', 'online')
+    if mode not in PRIOR_FEATURE_MODES:
+        raise OptionError(f'train.prior_features must be one of {list(PRIOR_FEATURE_MODES)}, got {mode!r}')
+    if mode == 'precomputed' and 'network_prior' not in opt:
+        raise OptionError('train.prior_features: precomputed needs a network_prior (the features of which prior?)')
+
+    def dataset_of(phase: str, dataset_opt: dict):
+        return stored_dataset(opt, phase, precompute) if mode == 'precomputed' else build_dataset(dataset_opt)
+
     for phase, dataset_opt in opt['datasets'].items():
         if phase == 'train':
             ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
@@ -78,7 +90,7 @@ def create_train_val_loaders(opt: dict, logger) -> TrainData:
                 logger.warning('datasets.train.prefetch_mode cpu without loader workers: the plain loader is used')
                 dataset_opt = {**dataset_opt, 'prefetch_mode': None}
                 opt['datasets']['train'] = dataset_opt
-            dataset = SeededDataset(build_dataset(dataset_opt), opt['manual_seed'])
+            dataset = SeededDataset(dataset_of(phase, dataset_opt), opt['manual_seed'])
             sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], ratio)
             loader = build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=sampler,
                                       seed=opt['manual_seed'])
@@ -100,7 +112,7 @@ def create_train_val_loaders(opt: dict, logger) -> TrainData:
                         f'\n\tTotal epochs: {total_epochs}; iters: {total_iters}.')
             train = (loader, sampler, dataset, per_epoch, total_epochs, total_iters)
         elif phase.split('_')[0] == 'val':
-            val_set = build_dataset(dataset_opt)
+            val_set = dataset_of(phase, dataset_opt)
             val_loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                                 sampler=None, seed=opt['manual_seed']))
             logger.info(f'Number of val images/folders in {dataset_opt["name"]}: {len(val_set)}')
@@ -226,13 +238,11 @@ def train(root: str | Path, argv: list[str]) -> None:
     Raises OptionError/FileNotFoundError for a run that cannot start, before creating or moving anything;
     SystemExit(128 + signal) after a SIGINT/SIGTERM has been handled.
     """
-    with startup_errors():
-        run = prepare_options(argv, root, is_train=True)
-    if run.args.check:
-        print('\n'.join([plan_summary(run.raw, True), *run.notes]))
+    run = begin(root, argv, is_train=True, check_lines=lambda run: check_prior_stores(
+        run.opt, precompute_command(run.args.opt, run.args.force_yml)))
+    if run is None:  # --check
         return
     opt = run.opt
-    torch.backends.cudnn.benchmark = True
     log = StartupLog()
     logger = log.logger
     try:
@@ -263,7 +273,7 @@ def _build(run: RunOptions, logger) -> tuple[dict | None, TrainData, object, tup
     logger.info(dict2str(opt))
     for note in run.notes:
         logger.info(note)
-    data = create_train_val_loaders(opt, logger)
+    data = create_train_val_loaders(opt, logger, precompute_command(run.args.opt, run.args.force_yml))
     model = build_model(opt)
     if state is None:
         return None, data, model, (0, 0, 0)

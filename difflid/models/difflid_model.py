@@ -19,6 +19,11 @@ Options beyond basicsr's:
     val.prior_cache_mb: memory budget of that cache in MiB (default 2048); entries beyond it go to
         ``<experiments_root>/prior_cache`` (training) or ``<results_root>/prior_cache`` (test).
     train.diff_opt: a DiffLoss block; when it names the prior's weights it uses the prior's UNet.
+    train.prior_features: 'online' (default, the paper's way: the prior runs on every training crop) or
+        'precomputed': every batch brings its features (``f_cim``, ``f_hae``) from the store that
+        ``tools/precompute_prior.py`` wrote, and the prior is not even built unless DiffLoss needs its network
+        (docs/precomputed_prior.md). Validation then uses the stored features of whole images (``val.tile`` is not
+        used there). train.prior_draws, train.prior_store, train.prior_store_dtype: see ``difflid.entry.precompute``.
 """
 import math
 from pathlib import Path
@@ -33,7 +38,8 @@ from difflid.losses.diffloss_loss import DiffLoss
 from difflid.models.base_restoration import RestorationModel, check_arch_options
 from difflid.priors.base import GuidanceExtractor
 from difflid.priors.builder import build_prior, prior_class, same_network, with_denoiser
-from difflid.priors.cache import CachedGuidance, prior_cache_key
+from difflid.priors.cache import CachedGuidance, prior_cache_key, prior_store_dir
+from difflid.utils.feature_store import FeatureStore
 from difflid.utils.tiling import check_tiling
 
 __all__ = ['DiffLI2DModel']
@@ -52,28 +58,47 @@ class DiffLI2DModel(RestorationModel):
         self.tile, self.tile_overlap = int(val_opt.get('tile', 0) or 0), int(val_opt.get('tile_overlap', 32))
         check_tiling(self.tile, self.tile_overlap, 32, ('val.tile', 'val.tile_overlap'))
         self.cache_prior, self.prior_cache_mb = _prior_cache_options(val_opt, default=bool(opt['is_train']))
-        self.fresh_prior_noise = bool((opt.get('train') or {}).get('fresh_prior_noise', True))
+        train_opt = (opt.get('train') or {}) if opt['is_train'] else {}
+        self.fresh_prior_noise = bool(train_opt.get('fresh_prior_noise', True))
+        self.precomputed = train_opt.get('prior_features', 'online') == 'precomputed'
+        self.stored_features: tuple[torch.Tensor, torch.Tensor] | None = None
         # built before SRModel's set-up, so that a DiffLoss can share its UNet
         self.opt = opt
-        diff_opt = (opt.get('train') or {}).get('diff_opt') if opt['is_train'] else None
+        diff_opt = train_opt.get('diff_opt')
         prior_opt = dict(opt['network_prior'])
-        if self._shares_prior(diff_opt) and diff_opt.get('eps_weight', 1e-3):
+        needs_denoiser = self._shares_prior(diff_opt) and diff_opt.get('eps_weight', 1e-3)
+        if needs_denoiser:
             prior_opt = with_denoiser(prior_opt)  # DiffLoss's ε term needs the whole network
         device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
-        self.prior: GuidanceExtractor = build_prior(prior_opt).to(device)
+        self.prior: GuidanceExtractor | None = None
+        if self.precomputed:
+            self.cache_prior = False  # every batch brings its features
+            store = FeatureStore(prior_store_dir(opt['network_prior'], opt['datasets']['train'],
+                                                 train_opt.get('prior_store')))
+            meta = store.manifest()['meta']
+            channels, stride, timesteps = int(meta['channels']), int(meta['stride']), list(meta['timesteps'])
+            source = f'precomputed in {store.root}'
+            if self._shares_prior(diff_opt):  # DiffLoss runs the prior's UNet on the restored image anyway
+                self.prior = build_prior(prior_opt).to(device)
+                source += ' (the prior is built for DiffLoss only)'
+        else:
+            self.prior = build_prior(prior_opt).to(device)
+            channels, stride = self.prior.feature_channels, self.prior.downsample_factor
+            timesteps = self.prior.timesteps
+            source = 'computed online'
         # stamped now, when the weights are loaded; the cache itself is built at the first validation
         self._prior_cache_key = prior_cache_key(prior_opt, device, self.prior.dtype) if self.cache_prior else None
         self.prior_cache: CachedGuidance | None = None
+        self.feature_stride = stride
         super().__init__(opt)
         bare = self.get_bare_model(self.net_g)
-        for key, expected in (('h_channels', self.prior.feature_channels), ('h_stride', self.prior.downsample_factor)):
+        for key, expected in (('h_channels', channels), ('h_stride', stride)):
             if getattr(bare, key, expected) != expected:
                 raise ValueError(f'network_g.{key} is {getattr(bare, key)} but the prior '
                                  f"({opt['network_prior']['type']}) gives {expected}; set network_g.{key}: {expected}")
-        t1, t2 = self.prior.timesteps
-        get_root_logger().info(f'Frozen prior: {type(self.prior).__name__}, features at t1={t1}, t2={t2}, '
-                               f'{self.prior.feature_channels} channels at stride {self.prior.downsample_factor} '
-                               '(not trained, not saved with net_g)')
+        t1, t2 = timesteps[:2]
+        get_root_logger().info(f"Frozen prior: {opt['network_prior']['type']}, features at t1={t1}, t2={t2}, "
+                               f'{channels} channels at stride {stride}, {source} (not trained, not saved with net_g)')
 
     def restore(self, net: nn.Module, lq: torch.Tensor, fresh_noise: bool, tile: int = 0,
                 prior: GuidanceExtractor | CachedGuidance | None = None) -> torch.Tensor:
@@ -94,7 +119,17 @@ class DiffLI2DModel(RestorationModel):
                                    f'{beyond} (val.cache_prior: false turns this off)')
         return self.prior_cache
 
+    def feed_data(self, data: dict) -> None:
+        """lq/gt as SRModel's; the batch's stored prior features when it brings them (precomputed training)."""
+        super().feed_data(data)
+        self.stored_features = ((data['f_cim'].to(self.device), data['f_hae'].to(self.device))
+                                if 'f_cim' in data else None)
+
     def restore_train(self) -> torch.Tensor:
+        if self.stored_features is not None:  # a stride-aligned crop and the window of its whole image's features
+            return self.net_g(self.lq, *self.stored_features)
+        if self.prior is None:
+            raise RuntimeError('train.prior_features: precomputed, but the batch brings no f_cim/f_hae features')
         return self.restore(self.net_g, self.lq, fresh_noise=self.fresh_prior_noise)
 
     def build_diff_loss(self, diff_opt: dict) -> nn.Module:
@@ -127,8 +162,26 @@ class DiffLI2DModel(RestorationModel):
         net = getattr(self, 'net_g_ema', self.net_g)
         was_training = net.training
         net.eval()
-        self.output = self.restore(net, self.lq, fresh_noise=False, tile=self.tile, prior=self.validation_prior())
+        if self.stored_features is not None:  # whole image: its stored features (draw 0, the seeded noise)
+            self.output = restore(net, self.lq, StoredGuidance(*self.stored_features, self.feature_stride))
+        else:
+            self.output = self.restore(net, self.lq, fresh_noise=False, tile=self.tile, prior=self.validation_prior())
         net.train(was_training)
+
+
+class StoredGuidance:
+    """Features that came with a batch, with the ``guidance`` interface of a prior (``difflid.inference.restore``
+    pads the image to the stride and asks for the features of the padded image: these are they)."""
+
+    def __init__(self, f_cim: torch.Tensor, f_hae: torch.Tensor, stride: int) -> None:
+        self.features, self.downsample_factor = (f_cim, f_hae), stride
+
+    def guidance(self, img: torch.Tensor, fresh_noise: bool = False,
+                 origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+        cells = (img.shape[-2] // self.downsample_factor, img.shape[-1] // self.downsample_factor)
+        if tuple(self.features[0].shape[-2:]) != cells:
+            raise ValueError(f'stored features are {tuple(self.features[0].shape[-2:])} cells, the image needs {cells}')
+        return self.features
 
 
 def _prior_cache_options(val_opt: dict, default: bool) -> tuple[bool, float]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -21,24 +22,32 @@ from pathlib import Path
 import torch
 from basicsr.utils import get_root_logger
 
-from difflid.priors.base import GuidanceExtractor
+from difflid.priors.base import PRIOR_DEFAULTS, GuidanceExtractor
+from difflid.priors.builder import prior_class
 from difflid.utils.checkpoint_io import atomic_torch_save, weights_stamp
+from difflid.utils.options import option_defaults
 from difflid.version import __version__
 
-__all__ = ['CacheStats', 'CachedGuidance', 'feature_code_digest', 'prior_cache_key']
+__all__ = ['CacheStats', 'CachedGuidance', 'feature_code_digest', 'prior_cache_key', 'prior_store_dir',
+           'prior_store_identity']
 
 _FORMAT = 1  # bump when the entry layout or the key's recipe changes
 _MB = 2 ** 20
+_NOT_FEATURE_CODE = ('cache.py', 'sampling.py')
+# options that choose how the prior runs, not what it computes (up to rounding): a store serves any of them
+_EXECUTION_OPTIONS = ('dtype', 'channels_last', 'compile')
 
 
 @cache
 def feature_code_digest() -> str:
     """sha256 of the code that computes a prior's features: the prior family's source files (``difflid/priors/``:
-    members, base, noise, schedules) and difflid's padding. A feature cache or store keyed on it is never served
-    features of older code, while an unrelated edit elsewhere in the package keeps it valid."""
+    members, base, builder, noise, schedules; not this caching module nor the sampler, which compute no features)
+    and difflid's padding. A feature cache or store keyed on it is never served features of older code, while an
+    unrelated edit elsewhere in the package keeps it valid."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted([*package.joinpath('priors').rglob('*.py'), package / 'utils' / 'padding.py']):
+    sources = [p for p in package.joinpath('priors').rglob('*.py') if p.name not in _NOT_FEATURE_CODE]
+    for path in sorted([*sources, package / 'utils' / 'padding.py']):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -58,6 +67,41 @@ def prior_cache_key(prior_opt: dict, device: torch.device | str, dtype: torch.dt
         'difflid': __version__, 'code': feature_code_digest(), 'torch': torch.__version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prior_store_identity(prior_opt: dict) -> dict:
+    """What a store of precomputed features (``difflid.utils.feature_store``) depends on besides the images: the
+    prior's options with their defaults (network, schedule, timesteps, seed), its weight files' stamp and the feature
+    code (``feature_code_digest``). Not the device, the compute dtype, channels_last or compile (the execution
+    options), nor difflid's or torch's version: features computed in bf16 on a GPU serve a CPU run, and an edit
+    elsewhere in the package keeps a GPU-day of features valid. The store's format version is the store's own."""
+    cls = prior_class(prior_opt)
+    full = {**option_defaults(cls, dict(PRIOR_DEFAULTS)), **prior_opt}
+    options = {k: v for k, v in full.items() if k not in _EXECUTION_OPTIONS}
+    return json.loads(json.dumps({'prior': options, 'weights': weights_stamp(prior_opt),
+                                  'feature_code': feature_code_digest()}, sort_keys=True, default=str))
+
+
+def prior_store_dir(prior_opt: dict, dataset_opt: dict, store_root: str | Path | None = None) -> Path:
+    """Where the precomputed features of one dataset for one prior live: ``<store_root>/<dataset name>/``
+    (``train.prior_store``) or the dataset's own folder (``dataroot``, ``dataroot_lq`` or the pair list's folder) +
+    ``prior_features/``, then ``<prior type>_<12 hex of prior_store_identity>``. Never the run's name: every run with
+    this prior (Table 2/3 ablations, renamed runs) finds the same store, and another prior gets its own folder beside
+    it. Each dataset has its own store: their image names may coincide."""
+    if store_root is not None:
+        store_root = Path(store_root) / re.sub(r'[^\w.-]', '_', str(dataset_opt.get('name', 'dataset')))
+    else:
+        for key in ('dataroot', 'dataroot_lq'):
+            if isinstance(dataset_opt.get(key), str):
+                store_root = Path(dataset_opt[key]) / 'prior_features'
+                break
+        else:
+            if not isinstance(dataset_opt.get('meta_info_file'), str):
+                raise ValueError(f"dataset {dataset_opt.get('name')}: no dataroot to keep precomputed prior features "
+                                 'beside; set train.prior_store: <folder>')
+            store_root = Path(dataset_opt['meta_info_file']).parent / 'prior_features'
+    digest = hashlib.sha256(json.dumps(prior_store_identity(prior_opt), sort_keys=True).encode()).hexdigest()
+    return Path(store_root) / f"{prior_opt['type']}_{digest[:12]}"
 
 
 @dataclass

@@ -124,7 +124,9 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
     'DiffLI2DModel': {
         'required': ('network_prior',),
         'top': {'network_prior': 'arch'},
-        'train': {'fresh_prior_noise': BOOL},
+        'train': {'fresh_prior_noise': BOOL, 'prior_features': {'enum': ['online', 'precomputed']},
+                  'prior_draws': {'type': 'integer', 'minimum': 1}, 'prior_store': STR_OR_NONE,
+                  'prior_store_dtype': {'enum': ['fp16', 'bf16', 'fp32']}},
         'val': {'tile': {'type': ['integer', 'null'], 'minimum': 0}, 'tile_overlap': {'type': 'integer', 'minimum': 0},
                 'cache_prior': BOOL, 'prior_cache_mb': {'type': 'number', 'minimum': 0}},
     },
