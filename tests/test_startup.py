@@ -4,6 +4,8 @@ The tools run in this process (``runpy``, as ``python tools/x.py`` would) from a
 ``experiments/``, ``tb_logger/`` and ``results/`` are the scratch root's, which the tests compare before and after.
 """
 import hashlib
+import logging
+import logging.config
 import runpy
 import shutil
 import sys
@@ -12,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from basicsr.utils import get_root_logger
 
 from difflid.archs.difflid_arch import DiffLI2D
-from difflid.entry.startup import prepare_folders
+from difflid.entry.startup import StartupLog, prepare_folders
 from tests.conftest import REPO_ROOT, write_pairs
 
 PRIOR = {'type': 'HSpaceExtractor', 'unet': 'adm_tiny', 'checkpoint': None, 'random_weights': True, 'init_seed': 0,
@@ -147,3 +150,20 @@ def test_a_reused_name_is_moved_aside_in_one_line_that_says_how_to_continue_it(p
     assert str(archived[0]) in line and str(exp) in line and '--auto_resume' in line and str(tb) in line
     assert (exp / 'models').is_dir() and not list((exp / 'models').iterdir())
     assert prepare_folders(opt, resumed=True) == [] and (exp / 'models').is_dir()  # resuming moves nothing
+
+
+def test_the_run_log_is_written_even_after_a_library_disabled_existing_loggers(tmp_path):
+    """logging.config.dictConfig (disable_existing_loggers, the default) in the same process, as some libraries call
+    it, disabled basicsr's logger: a run started afterwards wrote an empty log file."""
+    logger = get_root_logger()
+    logging.config.dictConfig({'version': 1, 'disable_existing_loggers': True})
+    assert logger.disabled
+    log = StartupLog()
+    try:
+        log.logger.info('a line of the run')
+        log.attach_file(str(tmp_path / 'train.log'))
+        assert 'a line of the run' in (tmp_path / 'train.log').read_text(encoding='utf-8')
+    finally:
+        for handler in [h for h in logger.handlers if getattr(h, 'baseFilename', '') == str(tmp_path / 'train.log')]:
+            logger.removeHandler(handler)
+            handler.close()

@@ -244,6 +244,9 @@ class StartupLog:
 
     def __init__(self) -> None:
         self.logger = get_root_logger()
+        # a library's logging.config.dictConfig (disable_existing_loggers) in the same process would leave the run's
+        # log file empty: the run's own logger is always on
+        self.logger.disabled = False
         if get_dist_info()[0] == 0:
             self.logger.setLevel(logging.INFO)
         self._buffer = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
