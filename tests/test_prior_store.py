@@ -396,3 +396,20 @@ def test_with_diffloss_the_prior_is_built_for_diffloss_alone(project, tmp_path, 
     assert calls['forward'] == 0 and calls['diffusion_pass'] >= 2
     log = next((root / 'experiments' / 'stored').glob('train_*.log')).read_text(encoding='utf-8')
     assert 'the prior is built for DiffLoss only' in log and 'DiffLoss uses the frozen prior' in log
+
+
+def test_torchrun_ranks_take_disjoint_slices_without_a_process_group(project, tmp_path, monkeypatch):
+    """Under torchrun (RANK/WORLD_SIZE set, no --shard) each process computes images rank, rank + N, ...; --shard wins
+    over the environment; a bad shard is named."""
+    root = _copy(project, tmp_path)
+    _write_options(root, prior_store=str(tmp_path / 'ranks'))
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '3')
+    summaries = precompute(REPO_ROOT, ['-opt', str(root / 'stored.yml')])
+    assert [(s['images'], s['computed']) for s in summaries] == [(1, 1), (1, 1)]  # train image 1, val image 1
+    store = next(FeatureStore(p.parent) for p in (tmp_path / 'ranks').glob('toy/*/store.json'))
+    assert sorted(store.index()) == ['001.png']
+    summaries = precompute(REPO_ROOT, ['-opt', str(root / 'stored.yml'), '--shard', '0/2'])
+    assert [s['images'] for s in summaries] == [2, 1]  # images 0 and 2; val image 0
+    with pytest.raises(OptionError, match='--shard 2/2'):
+        precompute(REPO_ROOT, ['-opt', str(root / 'stored.yml'), '--shard', '2/2'])
