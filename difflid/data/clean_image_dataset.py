@@ -65,14 +65,17 @@ class CleanImageDataset(Dataset):
                                'images': {'type': ['array', 'null'], 'items': STR}, 'io_backend': IO_BACKEND,
                                'gt_size': INT_OR_NONE, 'zoom_range': LIST, 'use_hflip': BOOL, 'use_vflip': BOOL})
 
+    EXTRA_KEYS: tuple[str, ...] = ()  # a subclass's own option keys
+
     def __init__(self, opt: dict) -> None:
         super().__init__()
         name = opt.get('name', 'CleanImageDataset')
-        unknown = sorted(set(opt) - _KEYS - {'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio',
-                                             'prefetch_mode', 'pin_memory', 'persistent_workers', 'total_batch_size',
-                                             'use_shuffle'})
+        unknown = sorted(set(opt) - _KEYS - set(self.EXTRA_KEYS) - {
+            'batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory',
+            'persistent_workers', 'total_batch_size', 'use_shuffle'})
         if unknown:
-            raise KeyError(f'dataset {name}: unknown option(s) {unknown} for CleanImageDataset; valid: {sorted(_KEYS)}')
+            raise KeyError(f'dataset {name}: unknown option(s) {unknown} for {type(self).__name__}; valid: '
+                           f'{sorted(_KEYS | set(self.EXTRA_KEYS))}')
         self.opt = opt
         self.gt_size = opt.get('gt_size')
         zoom = tuple(float(z) for z in opt.get('zoom_range', (1.0, 1.0)))

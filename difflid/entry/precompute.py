@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from basicsr.data import build_dataset
 from basicsr.utils import get_root_logger
+from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -89,6 +90,11 @@ def store_plans(opt: dict) -> list[StorePlan]:
             raise OptionError('datasets.train.use_rot: true cannot be used with precomputed prior features (the store '
                               'holds the two horizontal orientations, not the eight of flips and rotations); set '
                               'use_rot: false')
+        known = dataset_opt.get('type') in DATASET_REGISTRY
+        if training and known and getattr(DATASET_REGISTRY.get(dataset_opt['type']), 'random_lq', False):
+            raise OptionError(f"datasets.train: {dataset_opt['type']} degrades its images on the fly (a new LQ at "
+                              'every draw), so their prior features cannot be precomputed; use train.prior_features: '
+                              'online')
         orientations = (0, 1) if training and dataset_opt.get('use_hflip') else (0,)
         plans.append(StorePlan(phase, dataset_opt, dataset_store(opt, dataset_opt), orientations,
                                draws if training else 1))
