@@ -61,7 +61,7 @@ from difflid.priors.base import GuidanceExtractor
 from difflid.priors.builder import build_prior, with_denoiser
 from difflid.priors.cache import CachedGuidance, prior_cache_key
 from difflid.priors.schedules import to_diffusion_range
-from difflid.utils.feature_store import FeatureStore
+from difflid.utils.feature_store import FeatureStore, encode_entry
 from difflid.utils.options import resolve_option_file
 from difflid.utils.padding import pad_to_multiple
 from difflid.utils.precision import resolve_dtype
@@ -619,11 +619,11 @@ def precompute_rate(bench: Bench, prior: GuidanceExtractor) -> tuple[str, tuple[
     images = torch.cat([img, img.flip(-1)])  # orientations 0 and 1
     t1, t2 = prior.timesteps[:2]
 
-    def compute() -> list[torch.Tensor]:  # one pass per orientation: the numbers a test-time pass gives
+    def compute() -> list[np.ndarray]:  # one pass per orientation: the numbers a test-time pass gives
         entries = []
         for image in images.split(1):
             feats = prior(image)
-            entries.append(torch.stack([feats[t1], feats[t2]], dim=1).permute(0, 3, 4, 1, 2).contiguous().half().cpu())
+            entries.append(encode_entry([feats[t1][0], feats[t2][0]], 'fp16'))
         return entries
 
     timing = measure_or_oom(compute, bench.device, bench.repeats, bench.warmup, (prior, images))

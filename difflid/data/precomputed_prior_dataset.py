@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from difflid.utils.errors import OptionError
-from difflid.utils.feature_store import FeatureStore
+from difflid.utils.feature_store import FeatureStore, decode_entry
 
 __all__ = ['PrecomputedPriorDataset', 'lq_names', 'pixels_digest']
 
@@ -81,7 +81,7 @@ class PrecomputedPriorDataset(Dataset):
         meta = store.manifest()['meta']
         self.dataset, self.store, self.name = dataset, store, name
         self.stride, self.channels = int(meta['stride']), int(meta['channels'])
-        self.bfloat16 = meta.get('dtype') == 'bf16'
+        self.dtype = meta['dtype']
         self.crop, self.use_hflip, self.draws = crop, use_hflip, int(draws)
         self.opt = getattr(dataset, 'opt', None)
         if crop is not None and crop % self.stride:
@@ -126,10 +126,7 @@ class PrecomputedPriorDataset(Dataset):
             gt = gt[:, top:top + self.crop, left:left + self.crop]
             rows, cols = slice(top // s, (top + self.crop) // s), slice(left // s, (left + self.crop) // s)
         draw = random.randrange(self.draws)
-        window = torch.from_numpy(self.store.read(self.digests[index], orientation, draw, rows, cols))
-        if self.bfloat16:  # bf16 bits are stored as uint16 (NumPy has no bfloat16)
-            window = window.view(torch.bfloat16)
-        features = window.permute(2, 3, 0, 1).float()  # (maps, C, h, w)
+        features = decode_entry(self.store.read(self.digests[index], orientation, draw, rows, cols), self.dtype)
         item.update(lq=lq.contiguous(), gt=gt.contiguous(), f_cim=features[0].contiguous(),
                     f_hae=features[1].contiguous())
         return item

@@ -43,14 +43,12 @@ from difflid.priors.base import GuidanceExtractor
 from difflid.priors.builder import build_prior
 from difflid.priors.cache import prior_store_dir, prior_store_identity
 from difflid.utils.errors import OptionError
-from difflid.utils.feature_store import FeatureStore, IndexRecord, identity_differences
+from difflid.utils.feature_store import STORE_DTYPES, FeatureStore, IndexRecord, encode_entry, identity_differences
 
-__all__ = ['PRIOR_FEATURE_MODES', 'STORE_DTYPES', 'StorePlan', 'check_prior_stores', 'dataset_store', 'precompute',
+__all__ = ['PRIOR_FEATURE_MODES', 'StorePlan', 'check_prior_stores', 'dataset_store', 'precompute',
            'precompute_command', 'store_plans', 'stored_dataset']
 
 PRIOR_FEATURE_MODES = ('online', 'precomputed')
-STORE_DTYPES = {'fp16': np.float16, 'bf16': np.uint16, 'fp32': np.float32}  # bf16 bits are kept as uint16
-_FP16_MAX = 65504.0
 _DISK_MARGIN = 1.05
 _SIZE_SAMPLE = 8
 _LOG_EVERY_S = 60.0
@@ -172,20 +170,6 @@ def _shard(argument: str | None) -> tuple[int, int]:
     return index, count
 
 
-def _entry_arrays(feats: dict[int, torch.Tensor], timesteps: list[int], dtype: str) -> list[np.ndarray]:
-    """One (rows, cols, 2, C) array per image of the batch, in the store's dtype."""
-    stacked = torch.stack([feats[t] for t in timesteps[:2]], dim=1).permute(0, 3, 4, 1, 2).contiguous()
-    if dtype == 'fp16':
-        peak = float(stacked.abs().max())
-        if peak > _FP16_MAX:
-            raise OptionError(f'prior features reach {peak:.3g}, beyond float16\'s range; set train.prior_store_dtype: '
-                              'bf16 (or fp32)')
-        return list(stacked.half().cpu().numpy())
-    if dtype == 'bf16':
-        return list(stacked.bfloat16().cpu().view(torch.int16).numpy().view(np.uint16))
-    return list(stacked.float().cpu().numpy())
-
-
 def _human(size: float) -> str:
     for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
         if size < 1000 or unit == 'TB':
@@ -198,9 +182,7 @@ def _run_plan(plan: StorePlan, prior: GuidanceExtractor, opt: dict, shard: tuple
               workers: int, logger) -> dict:
     """Compute and store one dataset's features for this shard; returns counts and timings."""
     train_opt = opt.get('train') or {}
-    dtype = train_opt.get('prior_store_dtype', 'fp16')
-    if dtype not in STORE_DTYPES:
-        raise OptionError(f'train.prior_store_dtype must be one of {list(STORE_DTYPES)}, got {dtype!r}')
+    dtype = train_opt.get('prior_store_dtype', 'fp16')  # one of STORE_DTYPES: the option schema checked it
     stride, channels = prior.downsample_factor, prior.feature_channels
     meta = {'stride': stride, 'channels': channels, 'timesteps': prior.timesteps[:2], 'dtype': dtype,
             'layout': 'rows, cols, [t1, t2], channels', 'draw_seeds': f'network_prior.seed + draw ({prior.seed} + k)',
@@ -227,6 +209,8 @@ def _run_plan(plan: StorePlan, prior: GuidanceExtractor, opt: dict, shard: tuple
                           'free; free some space or set train.prior_store: <a folder on a larger disk>')
     writer = plan.store.index_writer(f'{shard[0]}of{shard[1]}')
     loader = DataLoader(Subset(dataset, mine), batch_size=1, num_workers=workers, collate_fn=_first)
+    keys = [(o, k) for o in plan.orientations for k in range(plan.draws)]
+    t1, t2 = prior.timesteps[:2]
     computed = written = 0
     start = time.perf_counter()
     compute_seconds = 0.0
@@ -236,7 +220,6 @@ def _run_plan(plan: StorePlan, prior: GuidanceExtractor, opt: dict, shard: tuple
     for count, (position, item) in enumerate(zip(mine, loader, strict=True), 1):
         name, lq = names[position], item['lq']
         digest = pixels_digest(lq)
-        keys = [(o, k) for o in plan.orientations for k in range(plan.draws)]
         record = index.get(name)
         if not all(plan.store.has(digest, o, k) for o, k in keys):
             tic = time.perf_counter()
@@ -244,7 +227,8 @@ def _run_plan(plan: StorePlan, prior: GuidanceExtractor, opt: dict, shard: tuple
                 image = (lq.flip(-1) if orientation else lq)[None].to(device)
                 for draw in range(plan.draws):
                     with _noise_seed(prior, opt['network_prior'].get('seed', 0) + draw):
-                        array = _entry_arrays(prior(image), prior.timesteps, dtype)[0]
+                        feats = prior(image)
+                        array = encode_entry([feats[t1][0], feats[t2][0]], dtype)
                     written += plan.store.write(digest, orientation, draw, array)
             compute_seconds += time.perf_counter() - tic
             computed += 1
@@ -278,8 +262,6 @@ def precompute(root: str | Path, argv: list[str]) -> list[dict]:
     with startup_errors():
         run = prepare_options(rest, root, is_train=True)
         opt = run.opt
-        if (opt.get('train') or {}).get('prior_features', 'online') not in PRIOR_FEATURE_MODES:
-            raise OptionError(f'train.prior_features must be one of {list(PRIOR_FEATURE_MODES)}')
         shard = _shard(own.shard)
         plans = store_plans(opt)
     if own.device:

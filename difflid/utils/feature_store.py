@@ -24,13 +24,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from difflid.utils.errors import OptionError
 
-__all__ = ['STORE_FORMAT', 'FeatureStore', 'IndexRecord', 'identity_differences']
+__all__ = ['STORE_DTYPES', 'STORE_FORMAT', 'FeatureStore', 'IndexRecord', 'decode_entry', 'encode_entry',
+           'identity_differences']
 
 STORE_FORMAT = 1  # bump when the folder layout or the entry layout changes
+STORE_DTYPES = {'fp16': np.float16, 'bf16': np.uint16, 'fp32': np.float32}  # bf16 bits are kept as uint16
+_FP16_MAX = 65504.0
 _MANIFEST = 'store.json'
+
+
+def encode_entry(maps: list[torch.Tensor], dtype: str) -> np.ndarray:
+    """The entry of one image: its feature maps, each (C, rows, cols), as a (rows, cols, maps, C) array in the
+    store's ``dtype`` ('fp16', 'bf16' as uint16 bits, or 'fp32'). OptionError when fp16 cannot hold the values."""
+    stacked = torch.stack(maps).permute(2, 3, 0, 1).contiguous()
+    if dtype == 'fp16':
+        peak = float(stacked.abs().max())
+        if peak > _FP16_MAX:
+            raise OptionError(f'prior features reach {peak:.3g}, beyond float16\'s range; set train.prior_store_dtype: '
+                              'bf16 (or fp32)')
+        return stacked.half().cpu().numpy()
+    if dtype == 'bf16':
+        return stacked.bfloat16().cpu().view(torch.int16).numpy().view(np.uint16)
+    return stacked.float().cpu().numpy()
+
+
+def decode_entry(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """``encode_entry`` undone on an entry or a window of one: (maps, C, rows, cols) float32."""
+    window = torch.from_numpy(array)
+    if dtype == 'bf16':
+        window = window.view(torch.bfloat16)
+    return window.permute(2, 3, 0, 1).float()
 
 
 def identity_differences(stored: Mapping, expected: Mapping, prefix: str = '') -> list[str]:
