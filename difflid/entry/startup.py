@@ -20,8 +20,9 @@ from os import path as osp
 from pathlib import Path
 
 import torch
-from basicsr.utils import check_resume, get_root_logger, get_time_str, scandir, set_random_seed
+from basicsr.utils import check_resume, get_env_info, get_root_logger, get_time_str, scandir, set_random_seed
 from basicsr.utils.dist_util import get_dist_info
+from basicsr.utils.options import dict2str
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import distributed as dist
 
@@ -261,6 +262,22 @@ class StartupLog:
             self._buffer.setTarget(handler)
             self._buffer.flush()
         self.discard()
+
+    @contextmanager
+    def building(self, run: RunOptions) -> Iterator[None]:
+        """The part of a start before any folder exists: it begins with the environment, the options and the notes
+        in the log; an error from the options inside becomes an OptionError (``startup_errors``), and any failure
+        drops the kept lines (a failed start writes no log file)."""
+        try:
+            with startup_errors():
+                self.logger.info(get_env_info())
+                self.logger.info(dict2str(run.opt))
+                for note in run.notes:
+                    self.logger.info(note)
+                yield
+        except BaseException:
+            self.discard()
+            raise
 
     def discard(self) -> None:
         """Stop keeping lines (a failed start writes no log file)."""

@@ -5,10 +5,9 @@ from pathlib import Path
 
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from basicsr.utils import get_env_info, get_time_str
-from basicsr.utils.options import dict2str
+from basicsr.utils import get_time_str
 
-from difflid.entry.startup import StartupLog, begin, prepare_folders, startup_errors
+from difflid.entry.startup import StartupLog, begin, prepare_folders
 
 __all__ = ['test']
 
@@ -24,22 +23,14 @@ def test(root: str | Path, argv: list[str]) -> None:
     opt = run.opt
     log = StartupLog()
     logger = log.logger
-    try:
-        with startup_errors():
-            logger.info(get_env_info())
-            logger.info(dict2str(opt))
-            for note in run.notes:
-                logger.info(note)
-            loaders = []
-            for _, dataset_opt in sorted(opt['datasets'].items()):
-                test_set = build_dataset(dataset_opt)
-                loaders.append(build_dataloader(test_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
-                                                sampler=None, seed=opt['manual_seed']))
-                logger.info(f"Number of test images in {dataset_opt['name']}: {len(test_set)}")
-            model = build_model(opt)
-    except BaseException:
-        log.discard()
-        raise
+    with log.building(run):
+        loaders = []
+        for _, dataset_opt in sorted(opt['datasets'].items()):
+            test_set = build_dataset(dataset_opt)
+            loaders.append(build_dataloader(test_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                                            sampler=None, seed=opt['manual_seed']))
+            logger.info(f"Number of test images in {dataset_opt['name']}: {len(test_set)}")
+        model = build_model(opt)
     moved = prepare_folders(opt, resumed=False)
     log.attach_file(osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log"))
     for line in moved:

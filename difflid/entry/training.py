@@ -29,9 +29,8 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
 from basicsr.train import init_tb_loggers
-from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_time_str
+from basicsr.utils import AvgTimer, MessageLogger, get_time_str
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.options import dict2str
 from torch import distributed as dist
 
 from difflid.data.sampler import ResumableSampler, SeededDataset, ignore_stop_signals, preserved_random_state
@@ -44,7 +43,6 @@ from difflid.entry.startup import (
     load_resume_state,
     prepare_folders,
     resume_command,
-    startup_errors,
 )
 from difflid.models.base_restoration import RestorationModel
 from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
@@ -245,12 +243,8 @@ def train(root: str | Path, argv: list[str]) -> None:
     opt = run.opt
     log = StartupLog()
     logger = log.logger
-    try:
-        with startup_errors():
-            state, data, model, start = _build(run, logger)
-    except BaseException:
-        log.discard()
-        raise
+    with log.building(run):
+        state, data, model, start = _build(run, logger)
     moved = prepare_folders(opt, resumed=state is not None)
     _write_options(run)
     log.attach_file(osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log"))
@@ -269,10 +263,6 @@ def _build(run: RunOptions, logger) -> tuple[dict | None, TrainData, object, tup
     the epoch): everything that can fail on the options, before any folder exists."""
     opt = run.opt
     state = load_resume_state(opt)
-    logger.info(get_env_info())
-    logger.info(dict2str(opt))
-    for note in run.notes:
-        logger.info(note)
     data = create_train_val_loaders(opt, logger, precompute_command(run.args.opt, run.args.force_yml))
     model = build_model(opt)
     if state is None:
