@@ -4,11 +4,17 @@
     python datasets_prep/prepare.py sots-indoor --src /data/RESIDE/SOTS/indoor  --dst datasets/SOTS_indoor
     python datasets_prep/prepare.py lol-v1      --src /data/LOL                 --dst datasets/LOL_v1
     python datasets_prep/prepare.py rain-test   --src /data/Rain100H            --dst datasets/Rain100H
+    python datasets_prep/prepare.py promptir    --src /data/PromptIR/data       --dst datasets
+    python datasets_prep/prepare.py cbsd68      --src /data/CBSD68              --dst datasets/CBSD68
 
 Writes <dst>/lq, <dst>/gt (links to your files; --copy to copy), <dst>/<split>.txt pair lists and, with
 --lmdb, <dst>/lq.lmdb and <dst>/gt.lmdb. Prints what was paired and every file skipped, with the reason.
 'paired': several degraded versions of one clean image pair by name: input NAME_k (k a number) -> target NAME,
 unless a target is named NAME_k itself. Folders get the mode mkdir gives them (0777 less your umask).
+
+Clean-image sets (bsd400, wed, cbsd68, urban100: degraded on the fly by DegradedImageDataset) write <dst>/gt,
+<dst>/<split>.txt (one gt/<name> per line) and, with --lmdb, <dst>/gt.lmdb. 'promptir' prepares PromptIR's whole
+data/ folder: one sub-folder of --dst per set (denoise_train, Rain100L, OTS, SOTS_outdoor, CBSD68, Urban100).
 """
 import argparse
 from pathlib import Path
@@ -17,16 +23,21 @@ import difflid  # noqa: F401  basicsr's LMDB writer needs the compat shim
 
 # isort: split
 from difflid.data.prep import BENCHMARKS, prepare_dataset
+from difflid.data.prep_clean import CLEAN_SETS, prepare_clean
+from difflid.data.prep_promptir import prepare_promptir
 from difflid.utils.errors import user_error_exit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('dataset', choices=sorted(BENCHMARKS),
-                        help='; '.join(f'{name}: {what}' for name, (_, _, what) in sorted(BENCHMARKS.items())))
+    what = {name: what for name, (_, _, what) in {**BENCHMARKS, **CLEAN_SETS}.items()}
+    what['promptir'] = "PromptIR's data/ folder (Train/, test/); --dst gets one sub-folder per set"
+    parser.add_argument('dataset', choices=sorted(what),
+                        help='; '.join(f'{name}: {text}' for name, text in sorted(what.items())))
     parser.add_argument('--src', required=True, help='the dataset folder as unzipped')
     parser.add_argument('--dst', required=True, help='output folder (must not exist unless --overwrite)')
-    parser.add_argument('--split', help="split name for 'paired'/'rain13k'/'rain-test' (default: train/test)")
+    parser.add_argument('--split', help="split name for 'paired'/'rain13k'/'rain-test' and the clean-image sets "
+                                        '(default: train/test)')
     parser.add_argument('--lmdb', action='store_true', help='also write lq.lmdb and gt.lmdb')
     parser.add_argument('--copy', action='store_true', help='copy unchanged images instead of linking to them')
     parser.add_argument('--convert', action='store_true',
@@ -34,15 +45,24 @@ def main() -> None:
     parser.add_argument('--overwrite', action='store_true', help='replace --dst once the new copy is complete')
     args = parser.parse_args()
 
-    layout, border, _ = BENCHMARKS[args.dataset]
+    common = dict(lmdb=args.lmdb, copy=args.copy, convert=args.convert, overwrite=args.overwrite)
     try:
-        splits = layout(Path(args.src))
-        if args.split:
-            if len(splits) != 1:
-                user_error_exit(f'--split applies to single-split datasets, {args.dataset} has {sorted(splits)}')
-            splits = {args.split: next(iter(splits.values()))}
-        report = prepare_dataset(splits, args.dst, lmdb=args.lmdb, copy=args.copy, convert=args.convert,
-                                 gt_border_crop=border, overwrite=args.overwrite)
+        if args.dataset == 'promptir':
+            if args.split:
+                user_error_exit('--split does not apply to promptir: each set keeps its own splits')
+            prepare_promptir(args.src, args.dst, **common)  # prints each set's summary as it is written
+            return
+        if args.dataset in CLEAN_SETS:
+            layout, split, _ = CLEAN_SETS[args.dataset]
+            report = prepare_clean({args.split or split: layout(Path(args.src))}, args.dst, **common)
+        else:
+            layout, border, _ = BENCHMARKS[args.dataset]
+            splits = layout(Path(args.src))
+            if args.split:
+                if len(splits) != 1:
+                    user_error_exit(f'--split applies to single-split datasets, {args.dataset} has {sorted(splits)}')
+                splits = {args.split: next(iter(splits.values()))}
+            report = prepare_dataset(splits, args.dst, gt_border_crop=border, **common)
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as err:
         user_error_exit(err)
     print(report.summary(Path(args.dst)))

@@ -19,7 +19,8 @@ import re
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,8 @@ class Source:
     gt: list[Path]
     lq_key: Callable[[Path], str | None]  # None: the name does not follow the dataset's scheme
     gt_key: Callable[[Path], str | None]
+    # the prepared file's name (default: the file's own); for layouts whose names repeat across folders (GoPro)
+    rename: Callable[[Path], str] | None = None
 
 
 @dataclass
@@ -56,9 +59,14 @@ class PrepReport:
     converted: list[str] = field(default_factory=list)
     turned: list[str] = field(default_factory=list)  # images turned upright by their EXIF orientation
     cropped: int = 0
+    unit: str = 'pairs'  # what ``pairs`` counts ('images' for clean-image sets)
+    ignored: list[str] = field(default_factory=list)  # files the layout holds but never uses (Urban100's LR images)
 
     def summary(self, dst: Path) -> str:
-        lines = [f'prepared {dst}: ' + ', '.join(f'{split}: {n} pairs' for split, n in self.pairs.items())]
+        lines = [f'prepared {dst}: ' + ', '.join(f'{split}: {n} {self.unit}' for split, n in self.pairs.items())]
+        if self.ignored:
+            lines.append(f'  {len(self.ignored)} files ignored (not part of the set): ' + ', '.join(self.ignored[:5])
+                         + (', ...' if len(self.ignored) > 5 else ''))
         if self.cropped:
             lines.append(f'  {self.cropped} GT images centre-cropped to their LQ size')
         if self.turned:
@@ -123,8 +131,10 @@ def _pair(source: Source, report: PrepReport) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _load(path: Path, convert: bool, report: PrepReport) -> tuple[np.ndarray | None, bool]:
-    """(image as 8-bit BGR, whether it had to be converted); None if unusable (reason recorded)."""
+def _load(path: Path, convert: bool, report: PrepReport, grayscale_hint: str = '') -> tuple[np.ndarray | None, bool]:
+    """(image as 8-bit BGR, whether it had to be converted); None if unusable (reason recorded).
+
+    ``grayscale_hint`` says, in the reason a grayscale image is skipped for, why the set needs colour."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         report.skipped.append((str(path), 'unreadable image'))
@@ -144,7 +154,10 @@ def _load(path: Path, convert: bool, report: PrepReport) -> tuple[np.ndarray | N
     if not problems:
         return img, bool(turned)
     if not convert:
-        report.skipped.append((str(path), ', '.join(problems) + ' image (use --convert to convert to 8-bit RGB)'))
+        gray = problems[0] == 'grayscale'
+        hint = f': {grayscale_hint}' if grayscale_hint and gray else ''
+        how = 'use --convert to convert to 8-bit RGB' + (' (3 equal channels)' if gray else '')
+        report.skipped.append((str(path), ', '.join(problems) + f' image{hint} ({how})'))
         return None, False
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257).round().astype(np.uint8)
@@ -181,21 +194,31 @@ def prepare_dataset(
         overwrite: Replace an existing ``dst`` (only once the new one is complete).
     """
     dst = Path(dst)
+    with atomic_folder(dst, overwrite) as tmp:
+        writer = _PairWriter(tmp, copy, convert, gt_border_crop)
+        for split, source in splits.items():
+            lines = [entry for lq, gt in _pair(source, writer.report)
+                     if (entry := writer.write(lq, gt, source.rename))]
+            if not lines:
+                raise ValueError(f'no usable pairs for split {split!r} in {dst}:\n' + writer.report.summary(dst))
+            (tmp / f'{split}.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+            writer.report.pairs[split] = len(lines)
+        if lmdb:
+            write_lmdbs(tmp, ('lq', 'gt'))
+    return writer.report
+
+
+@contextmanager
+def atomic_folder(dst: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside ``dst`` that becomes ``dst`` when the block completes (an interrupted run leaves
+    nothing half-written); it replaces an existing ``dst`` only with ``overwrite``, and only then."""
     if dst.exists() and not overwrite:
         raise FileExistsError(f'{dst} exists; choose another --dst or pass --overwrite')
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.', dir=dst.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make a dataset others cannot read whatever the umask
     try:
-        writer = _PairWriter(tmp, copy, convert, gt_border_crop)
-        for split, source in splits.items():
-            lines = [entry for lq, gt in _pair(source, writer.report) if (entry := writer.write(lq, gt))]
-            if not lines:
-                raise ValueError(f'no usable pairs for split {split!r} in {dst}:\n' + writer.report.summary(dst))
-            (tmp / f'{split}.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')
-            writer.report.pairs[split] = len(lines)
-        if lmdb:
-            _write_lmdbs(tmp)
+        yield tmp
         if dst.exists():
             old = dst.with_name(f'.{dst.name}.old')
             os.rename(dst, old)
@@ -205,7 +228,6 @@ def prepare_dataset(
             os.rename(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return writer.report
 
 
 class _PairWriter:
@@ -219,17 +241,17 @@ class _PairWriter:
         self.lines: dict[tuple[Path, Path], str] = {}  # pairs already written for an earlier split
         self.names: dict[str, set[str]] = {'lq': set(), 'gt': set()}
 
-    def write(self, lq_path: Path, gt_path: Path) -> str | None:
+    def write(self, lq_path: Path, gt_path: Path, rename: Callable[[Path], str] | None = None) -> str | None:
         """Write one pair; return its pair-list line, or None if it was skipped (reason recorded).
         A pair listed in several splits (NTIRE's train and train45) is written once."""
         if (lq_path, gt_path) not in self.lines:
-            line = self._write(lq_path, gt_path)
+            line = self._write(lq_path, gt_path, rename)
             if line is None:
                 return None
             self.lines[lq_path, gt_path] = line
         return self.lines[lq_path, gt_path]
 
-    def _write(self, lq_path: Path, gt_path: Path) -> str | None:
+    def _write(self, lq_path: Path, gt_path: Path, rename: Callable[[Path], str] | None) -> str | None:
         lq, lq_changed = _load(lq_path, self.convert, self.report)
         if lq is None:
             return None
@@ -249,33 +271,43 @@ class _PairWriter:
             if gt_path not in self.gt_rel:  # centred: the 10-px white NYU border on every side
                 gt, gt_changed = gt[c:-c, c:-c], True
                 self.report.cropped += 1
+        name = rename or (lambda path: path.name)
         if gt_path not in self.gt_rel:
-            self.gt_rel[gt_path] = self._place('gt', gt_path, gt if gt_changed else None)
-        return f"{self._place('lq', lq_path, lq if lq_changed else None)} {self.gt_rel[gt_path]}"
+            self.gt_rel[gt_path] = self._place('gt', gt_path, gt if gt_changed else None, name(gt_path))
+        return f"{self._place('lq', lq_path, lq if lq_changed else None, name(lq_path))} {self.gt_rel[gt_path]}"
 
-    def _place(self, side: str, src: Path, changed: np.ndarray | None) -> str:
-        name = src.name if changed is None else src.with_suffix('.png').name
-        if not name.isascii() or any(ch.isspace() for ch in name):
-            raise ValueError(f'{src}: file names must be ASCII without spaces (they become LMDB keys)')
-        if name in self.names[side]:
-            raise ValueError(f'{src}: another {side.upper()} file is already written as {name!r}; rename one')
-        self.names[side].add(name)
-        dst = self.root / side / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if changed is not None:
-            if not cv2.imwrite(str(dst), changed):
-                raise OSError(f'could not write {dst}')
-        elif self.copy:
-            shutil.copy2(src, dst)
-        else:
-            os.symlink(src.resolve(), dst)
-        return f'{side}/{name}'
+    def _place(self, side: str, src: Path, changed: np.ndarray | None, name: str) -> str:
+        return place_image(self.root, side, src, changed, name, self.copy, self.names[side])
 
 
-def _write_lmdbs(root: Path) -> None:
+def place_image(root: Path, side: str, src: Path, changed: np.ndarray | None, name: str, copy: bool,
+                taken: set[str]) -> str:
+    """Write ``src`` as ``<root>/<side>/<name>`` (a link, a copy, or ``changed`` as PNG); return its relative path.
+    ``taken``: the names already written on that side (two files written under one name are refused)."""
+    if changed is not None:
+        name = Path(name).with_suffix('.png').name
+    if not name.isascii() or any(ch.isspace() for ch in name):
+        raise ValueError(f'{src}: file names must be ASCII without spaces (they become LMDB keys)')
+    if name in taken:
+        raise ValueError(f'{src}: another {side.upper()} file is already written as {name!r}; rename one')
+    taken.add(name)
+    dst = root / side / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if changed is not None:
+        if not cv2.imwrite(str(dst), changed):
+            raise OSError(f'could not write {dst}')
+    elif copy:
+        shutil.copy2(src, dst)
+    else:
+        os.symlink(src.resolve(), dst)
+    return f'{side}/{name}'
+
+
+def write_lmdbs(root: Path, sides: tuple[str, ...]) -> None:
+    """``<root>/<side>.lmdb`` for each side, with basicsr's writer and ``lmdb_key`` keys."""
     from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
-    for side in ('lq', 'gt'):
+    for side in sides:
         rels = sorted(f'{side}/{p.name}' for p in (root / side).iterdir())
         raw = sum(cv2.imread(str(root / r), cv2.IMREAD_UNCHANGED).nbytes for r in rels)
         make_lmdb_from_imgs(str(root), str(root / f'{side}.lmdb'), rels, [lmdb_key(r) for r in rels],
@@ -309,10 +341,15 @@ def _find_dir(root: Path, *names: str) -> Path:
 
 
 def _reside(split: str, recursive: bool = False) -> Callable[[Path], dict[str, Source]]:
-    """RESIDE: hazy/<id>_<...>.<ext> pairs with clear/<id>.<ext> (ITS, OTS) or gt/<id>.png (SOTS)."""
+    """RESIDE: hazy/<id>_<...>.<ext> pairs with clear/<id>.<ext> (ITS, OTS) or gt/<id>.png (SOTS).
+
+    Also PromptIR's copies (its INSTALL.md and ``utils/dataset_utils.py``, va1shn9v/PromptIR): OTS as
+    ``Train/Dehaze/synthetic/part<k>/<id>_<A>_<beta>.jpg`` with ``original/<id>.jpg``, SOTS-outdoor as
+    ``test/dehaze/input/<id>_<...>.jpg`` with ``target/<id>.png``.
+    """
     def layout(root: Path) -> dict[str, Source]:
-        hazy = list_images(_find_dir(root, 'hazy', 'haze'), recursive)
-        gt = list_images(_find_dir(root, 'clear', 'gt', 'clear_images'), recursive)
+        hazy = list_images(_find_dir(root, 'hazy', 'haze', 'synthetic', 'input'), recursive)
+        gt = list_images(_find_dir(root, 'clear', 'gt', 'clear_images', 'original', 'target'), recursive)
         return {split: Source(hazy, gt, _prefix_key, _stem)}
     return layout
 
@@ -382,6 +419,73 @@ def _numbered_versions(key: Callable[[Path], str], gt_keys: set[str]) -> Callabl
     return version_of
 
 
+RAIN_LQ_FOLDERS = {'input', 'rain', 'rainy', 'lq'}
+RAIN_GT_FOLDERS = {'target', 'norain', 'gt'}
+RAIN_TRAIN_NAMES = ('RainTrainL', 'train', 'rain_data_train_Light')
+RAIN_TEST_NAMES = ('Rain100L', 'test', 'rain_data_test_Light')
+
+
+def _rain_key(path: Path) -> str:
+    """``rain-12``, ``norain-012``, JORDER's ``norain-012x2`` -> ``12``; other names (input/ and target/ with equal
+    names) -> the name itself."""
+    m = re.fullmatch(r'(?:no)?rain[-_]?(\d+)(?:x2)?', path.stem, re.IGNORECASE)
+    return str(int(m.group(1))) if m else path.stem
+
+
+def _rain_split(root: Path) -> Source:
+    """One Rain100L split: rain-N with norain-N in one folder, or in rain/ (JORDER: rain/X2/norain-Nx2) and norain/,
+    rainy/ and gt/ (PromptIR's Train/Derain), input/ and target/ (PromptIR's test/derain/Rain100L, Restormer)."""
+    lq, gt = [], []
+    for path in list_images(root, recursive=True):
+        folders = {part.lower() for part in path.relative_to(root).parts[:-1]}
+        is_gt = bool(folders & RAIN_GT_FOLDERS) or (not folders & RAIN_LQ_FOLDERS
+                                                     and path.stem.lower().startswith('norain'))
+        (gt if is_gt else lq).append(path)
+    return Source(lq, gt, _rain_key, _rain_key)
+
+
+def _rain100l(root: Path) -> dict[str, Source]:
+    """Rain100L (Yang et al., JORDER) as PReNet's README and PromptIR's INSTALL.md distribute it: RainTrainL (200 pairs,
+    ``rain-<n>.png``/``norain-<n>.png``) and Rain100L (100 pairs, ``rain-<nnn>``/``norain-<nnn>`` or input/target).
+    ``root`` holds RainTrainL/ and/or Rain100L/ (or train/, test/), or is one of them."""
+    splits = {}
+    for split, names in (('train', RAIN_TRAIN_NAMES), ('test', RAIN_TEST_NAMES)):
+        try:
+            splits[split] = _rain_split(_find_dir(root, *names))
+        except FileNotFoundError:
+            pass
+    if splits:
+        return splits
+    for split, names in (('train', RAIN_TRAIN_NAMES), ('test', RAIN_TEST_NAMES)):
+        if root.is_dir() and root.name.lower() in {name.lower() for name in names}:
+            return {split: _rain_split(root)}
+    raise FileNotFoundError(f'{root}: expected RainTrainL/ and/or Rain100L/ (or train/, test/), or --src one of them')
+
+
+def _gopro_key(path: Path) -> str:
+    """``GOPR0372_07_00/blur/000047.png`` -> ``GOPR0372_07_00_000047`` (frame names repeat across sequences)."""
+    return f'{path.parent.parent.name}_{path.stem}'
+
+
+def _gopro(root: Path) -> dict[str, Source]:
+    """GoPro (Nah et al.) as ``GOPRO_Large.zip`` unpacks: ``{train,test}/GOPR<seq>/{blur,blur_gamma,sharp}/<frame>.png``
+    (DeepDeblur-PyTorch's and the GoPro site's layout; 2103 train and 1111 test pairs). The LQ is ``blur`` (linear
+    averaging, what the all-in-one papers use), never ``blur_gamma``."""
+    if not (root.is_dir() and any(p.is_dir() and p.name.lower() in ('train', 'test') for p in root.iterdir())):
+        root = _find_dir(root, 'GOPRO_Large')
+    splits = {}
+    for split in ('train', 'test'):
+        lq, gt = [], []
+        for seq in sorted(p for p in _find_dir(root, split).iterdir() if p.is_dir() and p.name != '__MACOSX'):
+            for images, names in ((lq, ('blur',)), (gt, ('sharp',))):
+                try:
+                    images += list_images(_find_dir(seq, *names))
+                except FileNotFoundError:  # a sequence without its blur/ or sharp/: its partners are reported
+                    pass
+        splits[split] = Source(lq, gt, _gopro_key, _gopro_key, rename=lambda path: _gopro_key(path) + path.suffix)
+    return splits
+
+
 # name -> (layout reader, GT border to centre-crop, what --src is)
 BENCHMARKS: dict[str, tuple[Callable[[Path], dict[str, Source]], int, str]] = {
     'its': (_reside('train'), 0, 'RESIDE ITS folder with hazy/ and clear/'),
@@ -395,6 +499,9 @@ BENCHMARKS: dict[str, tuple[Callable[[Path], dict[str, Source]], int, str]] = {
     'lol-v2-synthetic': (_lol_v2('Synthetic'), 0, 'LOL-v2 folder (or its Synthetic/)'),
     'rain13k': (_paired('train'), 0, 'Rain13K training folder with input/ and target/'),
     'rain-test': (_paired('test'), 0, 'a deraining test set (Rain100H, Test100, ...) with input/ and target/'),
+    'rain100l': (_rain100l, 0, 'folder with RainTrainL/ and/or Rain100L/ (rain-N/norain-N, together or in rain/ '
+                               'norain/, rainy/ gt/, input/ target/), or one of them'),
+    'gopro': (_gopro, 0, 'GOPRO_Large folder with train/ and test/ (GOPR<seq>/blur and sharp; blur_gamma unused)'),
     'paired': (_paired('train'), 0, 'any folder with input/ (or lq/) and target/ (or gt/), same file names, '
                                     'or input NAME_k -> target NAME'),
 }
