@@ -6,6 +6,9 @@ always beside random-weight controls (probe.control_draws of them: mean and rang
 prior's own schedule. Every score comes with a 95 % scene-bootstrap interval, and probe.md's verdict column credits
 the prior only where it lies outside the controls' range and prior - control excludes 0. Writes results/<name>/
 (probe.json, probe.csv, probe.md, figures; features cached in cache/). Logic: difflid/analysis/probe.py.
+With probe.degradations (a list of degradation blocks, datasets.probe a CleanImageDataset) it measures instead how
+well the features tell the degradation type apart (1-NN, grouped multinomial probe), with the same controls,
+intervals and verdicts (difflid/analysis/degradation_probe.py; no decoders or t-SNE).
 --check checks the option file and the dataset's files, says what would run, and stops.
 """
 import argparse
@@ -16,6 +19,7 @@ from pathlib import Path
 import difflid  # noqa: F401  registers difflid's archs and datasets, patches basicsr
 
 # isort: split
+from difflid.analysis.degradation_probe import run_degradation_probe
 from difflid.analysis.probe import ProbeOptionError, load_probe_options, run_probe
 from difflid.data.file_checks import check_dataset_files
 from difflid.utils.errors import OptionError, user_error_exit
@@ -43,13 +47,14 @@ def main() -> None:
                   f"({block['type']}), timesteps {settings['timesteps']}, {settings['control_draws']} control draws "
                   f"-> results/{opt['name']}/\noptions and dataset files checked: nothing written")
             return
-        run_probe(opt, ROOT, device=args.device)
+        (run_degradation_probe if opt['probe']['degradations'] else run_probe)(opt, ROOT, device=args.device)
     except (ProbeOptionError, OptionError, FileNotFoundError, ValueError) as err:
         user_error_exit(err)
     out = ROOT / 'results' / opt['name']
     print((out / 'probe.md').read_text(encoding='utf-8'))
-    print(f'wrote {out}/ (probe.json, probe.csv, probe.md, separability.png, tsne_*.png, decoder_grid_*.png) '
-          f'in {time.perf_counter() - start:.0f} s')
+    figures = 'separability.png' if opt['probe']['degradations'] else \
+        'separability.png, tsne_*.png, decoder_grid_*.png'
+    print(f'wrote {out}/ (probe.json, probe.csv, probe.md, {figures}) in {time.perf_counter() - start:.0f} s')
 
 
 if __name__ == '__main__':

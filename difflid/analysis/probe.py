@@ -76,6 +76,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from difflid.data.degradations import build_degradation
 from difflid.metrics.float_metrics import calculate_psnr_float, calculate_ssim_float, float_image
 from difflid.models.base_restoration import check_arch_options
 from difflid.priors.base import GuidanceExtractor
@@ -88,7 +89,7 @@ from difflid.utils.precision import resolve_dtype
 __all__ = ['METRICS', 'PROBE_DEFAULTS', 'SOURCES', 'FeatureDecoder', 'PerImage', 'PixelSpace', 'ProbeData',
            'ProbeOptionError', 'all_features', 'check_probe_options', 'extract_features', 'feature_key',
            'haze_predictions', 'haze_separability', 'image_origins', 'load_probe_options', 'nn_accuracy', 'nn_chance',
-           'nn_hits', 'probe_code_digest', 'run_probe', 'scene_resamples', 'select_pairs', 'standardize',
+           'nn_hits', 'probe_code_digest', 'run_probe', 'scene_resamples', 'score_panel', 'select_pairs', 'standardize',
            'summarise_scores', 'train_decoder', 'tsne_embedding', 'verdict']
 
 SOURCES = ('prior', 'control', 'pixels')
@@ -115,12 +116,16 @@ PROBE_DEFAULTS: dict[str, Any] = {
     'decoder_batch': 16,
     'tsne_perplexity': 10.0,  # capped at (N - 1) / 3
     'grid_images': 2,        # hazy images shown in the decoder grids
+    'degradations': None,    # degradation blocks: probe the degradation type instead (degradation_probe.py)
 }
 _CHOICES = {'crop': ('resize', 'center'), 'noise': ('shared', 'per_image'), 'pooling': ('flatten', 'mean')}
 _TOP_KEYS = ('name', 'network_prior', 'datasets', 'probe')
 _CACHE_FORMAT = 2  # bump when a cache entry's layout changes (the code that computes features is in the key anyway)
 _COLOURS = {'prior': 'C0', 'control': 'C1', 'pixels': 'C2'}
 _VERDICTS = ('above control', 'below control', 'not distinguished')
+# options of the haze probe's pair selection, decoders and t-SNE, which the degradation probe does not run
+_HAZE_ONLY = ('max_pairs', 'hazy_per_scene', 'decoder_iters', 'decoder_lr', 'decoder_feat', 'decoder_batch',
+              'tsne_perplexity', 'grid_images')
 
 
 class ProbeOptionError(ValueError):
@@ -213,8 +218,36 @@ def check_probe_options(raw: Any, source: str = 'options') -> dict:
     device = cfg['device']
     if not isinstance(device, str) or not (device in ('auto', 'cpu') or device.split(':')[0] == 'cuda'):
         raise ProbeOptionError(f"probe.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if cfg['degradations'] is not None:
+        _check_degradation_mode(cfg, block, datasets['probe'], source)
     return {'name': raw['name'], 'network_prior': dict(raw['network_prior']),
             'datasets': {'probe': dict(datasets['probe'])}, 'probe': cfg, 'option_file': source}
+
+
+def _check_degradation_mode(cfg: dict, block: dict, ds_opt: dict, source: str) -> None:
+    """``probe.degradations``: at least 2 distinct, buildable degradation blocks, a clean-image dataset, and none of
+    the haze probe's own options (they would be ignored)."""
+    blocks = cfg['degradations']
+    if not isinstance(blocks, list) or len(blocks) < 2:
+        raise ProbeOptionError('probe.degradations: expected a list of at least 2 degradation blocks, e.g. '
+                               f'[{{type: HazeDegradation}}, {{type: GaussianNoise, sigma: 25}}], got {blocks!r}')
+    for i, deg in enumerate(blocks):
+        try:
+            build_degradation(deg if not isinstance(deg, dict) else dict(deg))
+        except (KeyError, TypeError, ValueError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            raise ProbeOptionError(f'probe.degradations[{i}]: {message}') from err
+    repeated = [i for i, deg in enumerate(blocks) if deg in blocks[:i]]
+    if repeated:
+        raise ProbeOptionError(f'probe.degradations[{repeated[0]}]: repeats an earlier block ({blocks[repeated[0]]}); '
+                               'two identical degradations cannot be told apart')
+    if ds_opt.get('type') != 'CleanImageDataset':
+        raise ProbeOptionError(f"{source}: with probe.degradations, datasets.probe.type must be CleanImageDataset (the "
+                               f"probe degrades the clean images itself), got {ds_opt.get('type')!r}")
+    ignored = [key for key in _HAZE_ONLY if key in block]
+    if ignored:
+        raise ProbeOptionError(f'probe.{ignored[0]}: not used with probe.degradations (no pair selection, decoders or '
+                               f't-SNE in the degradation probe); remove {ignored}')
 
 
 def _device(name: str) -> torch.device:
@@ -878,24 +911,29 @@ def plot_curves(path: Path, records: list[dict], chance: dict[str, float], hazy_
     fig = _figure(11, 7.5)
     axes = fig.subplots(2, 2).ravel()
     for ax, (metric, title, reference) in zip(axes, panels, strict=True):
-        rows = [r['scores'][metric] for r in records]
-        ax.fill_between(ts, [row['control_min'] for row in rows], [row['control_max'] for row in rows],
-                        color=_COLOURS['control'], alpha=0.25, label=f'control range ({draws} draws)')
-        ax.plot(ts, [row['control_mean'] for row in rows], marker='o', color=_COLOURS['control'],
-                label='control mean')
-        ax.errorbar(ts, [row['prior'] for row in rows], capsize=3, marker='o', color=_COLOURS['prior'],
-                    yerr=np.abs(np.array([row['prior_ci'] for row in rows]).T - [row['prior'] for row in rows]),
-                    label='prior (95 % CI)')
-        ax.plot(ts, [row['pixels'] for row in rows], marker='o', color=_COLOURS['pixels'], label='pixels')
-        if reference is not None:
-            ax.axhline(reference, color='grey', linestyle='--',
-                       label='chance' if metric.endswith('separability') else 'hazy input')
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel('t')
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        score_panel(ax, ts, [r['scores'][metric] for r in records], title, reference,
+                    'chance' if metric.endswith('separability') else 'hazy input', draws)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def score_panel(ax: Any, ts: list[int], rows: list[dict], title: str, reference: float | None, reference_label: str,
+                draws: int) -> None:
+    """One score against t (rows: ``summarise_scores`` per t): the prior with its 95 % interval, the control mean with
+    the range of the draws as a band, the pixels, and a dashed reference (chance, the input's PSNR)."""
+    ax.fill_between(ts, [row['control_min'] for row in rows], [row['control_max'] for row in rows],
+                    color=_COLOURS['control'], alpha=0.25, label=f'control range ({draws} draws)')
+    ax.plot(ts, [row['control_mean'] for row in rows], marker='o', color=_COLOURS['control'], label='control mean')
+    ax.errorbar(ts, [row['prior'] for row in rows], capsize=3, marker='o', color=_COLOURS['prior'],
+                yerr=np.abs(np.array([row['prior_ci'] for row in rows]).T - [row['prior'] for row in rows]),
+                label='prior (95 % CI)')
+    ax.plot(ts, [row['pixels'] for row in rows], marker='o', color=_COLOURS['pixels'], label='pixels')
+    if reference is not None:
+        ax.axhline(reference, color='grey', linestyle='--', label=reference_label)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('t')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot_decoder_grid(path: Path, label: str, examples: list[int], data: ProbeData,
@@ -947,6 +985,31 @@ def _csv_values(row: dict) -> list[float]:
             row['pixels'], *row['pixels_ci'], row['prior_minus_control'], *row['prior_minus_control_ci']]
 
 
+def verdict_statistics(samples: int, draws: int) -> dict:
+    """The verdict's rule and what it can and cannot say, for a report's ``statistics``."""
+    return {'verdict_rule': VERDICT_RULE,
+            'verdict_note': "The intervals cover which scenes were probed, not which random network was drawn: a "
+                            f"random network's score lies above all {draws} control draws with probability "
+                            f"1/{draws + 1}, so the range alone is a weak yardstick with few draws.",
+            'samples': samples, 'control_draws': draws}
+
+
+def score_table_lines(title: str, metric: str, records: list[dict], draws: int) -> list[str]:
+    """One score's Markdown section of probe.md: per t, the prior, the control draws, pixels, prior − control
+    and the verdict (``records``: one per t, with ``scores[metric]``)."""
+    lines = [f'## {title}', '', f'| t | prior [95 % CI] | control mean [min, max of {draws}] | pixels [95 % CI] | '
+             'prior − control [95 % CI] | verdict |', '|---|---|---|---|---|---|']
+    for r in records:
+        row = r['scores'][metric]
+        lines.append(f"| {r['t']} | {_fmt(row['prior'], metric)} {_fmt_ci(row['prior_ci'], metric)} | "
+                     f"{_fmt(row['control_mean'], metric)} "
+                     f"{_fmt_ci((row['control_min'], row['control_max']), metric)} | "
+                     f"{_fmt(row['pixels'], metric)} {_fmt_ci(row['pixels_ci'], metric)} | "
+                     f"{_fmt_signed(row['prior_minus_control'], metric)} "
+                     f"{_fmt_ci(row['prior_minus_control_ci'], metric)} | {row['verdict']} |")
+    return [*lines, '']
+
+
 def write_reports(out_dir: Path, summary: dict) -> None:
     """probe.json (everything, the control draws one by one included), probe.csv (a row per t and metric: prior
     [CI], control mean [min, max], each control draw, pixels [CI], prior - control [CI], verdict) and probe.md (the
@@ -991,18 +1054,7 @@ def write_reports(out_dir: Path, summary: dict) -> None:
               'decoder_ssim_clear': 'Decoder: SSIM(D_t(h^cle), clean)',
               'decoder_ssim_hazy_vs_clear': 'Decoder: SSIM(D_t(h^haz), D_t(h^cle))'}
     for metric in METRICS:
-        lines += [f'## {titles[metric]}', '',
-                  f'| t | prior [95 % CI] | control mean [min, max of {len(draws)}] | pixels [95 % CI] | '
-                  'prior − control [95 % CI] | verdict |', '|---|---|---|---|---|---|']
-        for r in records:
-            row = r['scores'][metric]
-            lines.append(f"| {r['t']} | {_fmt(row['prior'], metric)} {_fmt_ci(row['prior_ci'], metric)} | "
-                         f"{_fmt(row['control_mean'], metric)} "
-                         f"{_fmt_ci((row['control_min'], row['control_max']), metric)} | "
-                         f"{_fmt(row['pixels'], metric)} {_fmt_ci(row['pixels_ci'], metric)} | "
-                         f"{_fmt_signed(row['prior_minus_control'], metric)} "
-                         f"{_fmt_ci(row['prior_minus_control_ci'], metric)} | {row['verdict']} |")
-        lines.append('')
+        lines += score_table_lines(titles[metric], metric, records, len(draws))
     with atomic_open(out_dir / 'probe.md', 'w') as f:
         f.write('\n'.join(lines))
 
@@ -1037,6 +1089,9 @@ def run_probe(opt: dict, root: str | Path, device: str | None = None) -> dict:
     """
     start = time.perf_counter()
     cfg = opt['probe']
+    if cfg['degradations'] is not None:
+        raise ProbeOptionError(f"{opt.get('option_file')}: probe.degradations is set: run it with "
+                               'difflid.analysis.degradation_probe.run_degradation_probe (tools/hspace_probe.py does)')
     dev = _device(device or cfg['device'])
     out_dir = Path(root) / 'results' / opt['name']
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1106,11 +1161,7 @@ def run_probe(opt: dict, root: str | Path, device: str | None = None) -> dict:
                          f"{len(data.clear)} scenes (with replacement, seed {cfg['seed']}); scenes, not images, "
                          'because the images of one scene are not independent; per-image outcomes are kept, not '
                          'refitted; prior − control is paired (the same resampled scenes)',
-            'verdict_rule': VERDICT_RULE,
-            'verdict_note': f"The intervals cover which scenes were probed, not which random network was drawn: a "
-                            f"random network's score lies above all {len(controls)} control draws with probability "
-                            f"1/{len(controls) + 1}, so the range alone is a weak yardstick with few draws.",
-            'samples': cfg['bootstrap_samples'], 'control_draws': len(controls)},
+            **verdict_statistics(cfg['bootstrap_samples'], len(controls))},
         'hazy_input': {'psnr': hazy_psnr, 'ssim': hazy_ssim},
         'probe': cfg, 'device': str(dev),
         'wall_s': time.perf_counter() - start, 'feature_s': feature_s,
