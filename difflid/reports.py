@@ -9,8 +9,11 @@ import numpy as np
 
 from difflid.utils.checkpoint_io import atomic_open
 
-__all__ = ['compare_results', 'mean_table', 'read_means', 'read_metric_csv', 'write_means', 'write_metric_csv',
-           'write_sheet']
+__all__ = ['SUMMARY_NAME', 'compare_results', 'format_cell', 'group_means', 'mean_table', 'read_means',
+           'read_metric_csv', 'summary_report', 'summary_table', 'write_means', 'write_metric_csv', 'write_sheet',
+           'write_summary']
+
+SUMMARY_NAME = 'summary'  # results/<name>/metrics_summary.{md,csv,json}: the per-task columns and their average
 
 
 def write_metric_csv(path: str | Path, records: list[dict]) -> None:
@@ -22,8 +25,88 @@ def write_metric_csv(path: str | Path, records: list[dict]) -> None:
 
 
 def read_metric_csv(path: str | Path) -> list[dict]:
+    """Rows of ``write_metric_csv``: metrics as floats, ``image`` and ``task`` as written."""
     with open(path, encoding='utf-8', newline='') as f:
-        return [{k: (v if k == 'image' else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (v if k in ('image', 'task') else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _mean(records: list[dict], metric: str) -> float:
+    return float(np.mean([r[metric] for r in records]))
+
+
+def group_means(set_name: str, records: list[dict]) -> dict[str, dict]:
+    """The evaluation groups of one test set: ``{label: {'set', 'task', 'images', 'means'}}``. A set of one task
+    (or of none) is one group labelled by the set's name; a set mixing tasks (records with several ``task`` values)
+    gives one group per task, labelled ``<set>/<task>``, in the order the tasks first appear."""
+    metrics = [m for m in records[0] if m not in ('image', 'task')]
+    tasks = list(dict.fromkeys(r.get('task') for r in records))
+    if len(tasks) <= 1:
+        return {set_name: {'set': set_name, 'task': tasks[0] if tasks else None, 'images': len(records),
+                           'means': {m: _mean(records, m) for m in metrics}}}
+    groups = {}
+    for task in tasks:
+        rows = [r for r in records if r.get('task') == task]
+        groups[f'{set_name}/{task}'] = {'set': set_name, 'task': task, 'images': len(rows),
+                                        'means': {m: _mean(rows, m) for m in metrics}}
+    return groups
+
+
+def format_cell(values: list[float]) -> str:
+    """``30.58/0.974``: the field's way of printing PSNR/SSIM pairs (two decimals from 1 up, else three)."""
+    return '/'.join(f'{v:.2f}' if abs(v) >= 1 else f'{v:.3f}' for v in values)
+
+
+def summary_report(groups: dict[str, dict], summary_opt: dict | None = None) -> dict:
+    """The all-in-one table: one column per group (``summary.columns``: {label: group}, in that order; default
+    every group) and ``average``, the unweighted mean of the columns (how the field averages its five columns, so
+    a large test set does not outweigh a small one), for each of ``summary.metrics`` (default: every metric the
+    groups share). ``summary.references``: published rows ({method: {label: 'PSNR/SSIM'}}), kept verbatim."""
+    summary_opt = summary_opt or {}
+    columns = dict(summary_opt.get('columns') or {g: g for g in groups})
+    missing = [f'{label}: {group}' for label, group in columns.items() if group not in groups]
+    if missing:
+        raise KeyError(f'val.summary.columns: no evaluated set or task named {", ".join(missing)}; evaluated: '
+                       f'{", ".join(groups)}')
+    shared = [m for m in next(iter(groups.values()))['means'] if all(m in g['means'] for g in groups.values())]
+    metrics = list(summary_opt.get('metrics') or shared)
+    unknown = [m for m in metrics if m not in shared]
+    if unknown:
+        raise KeyError(f'val.summary.metrics: {unknown} not scored in every column; scored: {shared}')
+    values = {label: {m: groups[group]['means'][m] for m in metrics} for label, group in columns.items()}
+    average = {m: float(np.mean([values[label][m] for label in columns])) for m in metrics}
+    return {'metrics': metrics, 'columns': {label: {'group': group, 'images': groups[group]['images'],
+                                                    'task': groups[group]['task'], **values[label]}
+                                            for label, group in columns.items()},
+            'average': average, 'references': dict(summary_opt.get('references') or {})}
+
+
+def summary_table(report: dict, name: str) -> str:
+    """Markdown: our row (``name``), then the references marked "(paper)"; cells ``PSNR/SSIM``."""
+    labels = [*report['columns'], 'average']
+    header = '| method | ' + ' | '.join(labels) + ' |\n' + '|---' * (len(labels) + 1) + '|\n'
+    ours = [format_cell([report['columns'][c][m] for m in report['metrics']]) for c in report['columns']]
+    ours.append(format_cell([report['average'][m] for m in report['metrics']]))
+    rows = [f'| {name} | ' + ' | '.join(ours) + ' |']
+    for method, cells in report['references'].items():
+        rows.append(f'| {method} (paper) | ' + ' | '.join(str(cells.get(c, '-')) for c in labels) + ' |')
+    return header + '\n'.join(rows) + '\n\n' + f"cells: {'/'.join(report['metrics'])}; average: the unweighted " \
+        'mean of the columns\n'
+
+
+def write_summary(root: str | Path, report: dict, name: str) -> str:
+    """``metrics_summary.{md,json,csv}`` in ``root``; returns the Markdown table."""
+    root = Path(root)
+    table = summary_table(report, name)
+    with atomic_open(root / f'metrics_{SUMMARY_NAME}.md', 'w') as f:
+        f.write(table)
+    with atomic_open(root / f'metrics_{SUMMARY_NAME}.json', 'w') as f:
+        f.write(json.dumps(report, indent=2, ensure_ascii=False) + '\n')
+    rows = [{'column': label, 'set_or_task': col['group'], 'images': col['images'],
+             **{m: col[m] for m in report['metrics']}} for label, col in report['columns'].items()]
+    rows.append({'column': 'average', 'set_or_task': '', 'images': sum(c['images'] for c in report['columns'].values()),
+                 **report['average']})
+    write_metric_csv(root / f'metrics_{SUMMARY_NAME}.csv', rows)
+    return table
 
 
 def mean_table(rows: dict[str, dict[str, float]], first_column: str = 'set') -> str:
@@ -37,11 +120,14 @@ def mean_table(rows: dict[str, dict[str, float]], first_column: str = 'set') -> 
 
 
 def write_means(path: str | Path, images: int, means: dict[str, float], set_level: set[str],
-                lower_better: set[str]) -> None:
+                lower_better: set[str], tasks: dict[str, dict] | None = None) -> None:
     """The mean table as JSON, so tools read set-level metrics (FID: in no per-image CSV) and each metric's
-    direction (``better: lower`` in its options) without parsing Markdown."""
+    direction (``better: lower`` in its options) without parsing Markdown; a set mixing tasks adds ``tasks``
+    ({task: {images, means}})."""
     report = {'images': images, 'means': means, 'set_level': sorted(set_level & set(means)),
               'lower_better': sorted(lower_better & set(means))}
+    if tasks:
+        report['tasks'] = tasks
     with atomic_open(path, 'w') as f:
         f.write(json.dumps(report, indent=2) + '\n')
 
@@ -112,7 +198,8 @@ def compare_results(folders: list[str | Path], names: list[str] | None = None) -
         raise ValueError(f'{len(folders)} folders but {len(names)} names')
     per_folder = []
     for folder in folders:
-        found = {p.name[len('metrics_'):-len('.csv')]: read_metric_csv(p) for p in sorted(folder.glob('metrics_*.csv'))}
+        found = {p.name[len('metrics_'):-len('.csv')]: read_metric_csv(p) for p in sorted(folder.glob('metrics_*.csv'))
+                 if p.name != f'metrics_{SUMMARY_NAME}.csv'}
         if not found:
             raise FileNotFoundError(f'no metrics_<set>.csv in {folder} (write them with tools/test.py)')
         per_folder.append(found)
@@ -124,7 +211,7 @@ def compare_results(folders: list[str | Path], names: list[str] | None = None) -
     for set_name in common:
         tables = [f[set_name] for f in per_folder]
         reports = [read_means(folder, set_name) for folder in folders]
-        metrics = [m for m in tables[0][0] if m != 'image' and all(m in t[0] for t in tables)]
+        metrics = [m for m in tables[0][0] if m not in ('image', 'task') and all(m in t[0] for t in tables)]
         set_level = [m for m in reports[0]['means'] if all(m in r['means'] and m not in t[0]
                                                              for r, t in zip(reports, tables, strict=True))]
         base = {r['image']: r for r in tables[0]}
@@ -144,4 +231,26 @@ def compare_results(folders: list[str | Path], names: list[str] | None = None) -
                     wins = sum((a < b) if lower_better else (a > b) for a, b in paired)
                     rows[name][f'{m} better than {names[0]}'] = f'{wins}/{len(paired)}'
         out.append(f'### {set_name}\n\n' + mean_table(rows, 'method'))
+    summaries = [folder / f'metrics_{SUMMARY_NAME}.json' for folder in folders]
+    if all(p.is_file() for p in summaries):
+        out.append(_compare_summaries([json.loads(p.read_text(encoding='utf-8')) for p in summaries], names))
     return '\n'.join(out)
+
+
+def _compare_summaries(reports: list[dict], names: list[str]) -> str:
+    """The all-in-one table of several methods: the columns (and metrics) all share, each method's cells and its
+    average over those columns recomputed (so methods tested on different extra columns compare on the same ones),
+    then the first report's published references."""
+    labels = [c for c in reports[0]['columns'] if all(c in r['columns'] for r in reports[1:])]
+    metrics = [m for m in reports[0]['metrics'] if all(m in r['metrics'] for r in reports[1:])]
+    header = '| method | ' + ' | '.join([*labels, 'average']) + ' |\n' + '|---' * (len(labels) + 2) + '|\n'
+    rows = []
+    for name, report in zip(names, reports, strict=True):
+        cells = [[report['columns'][c][m] for m in metrics] for c in labels]
+        average = [float(np.mean([cell[i] for cell in cells])) for i in range(len(metrics))]
+        rows.append(f'| {name} | ' + ' | '.join(format_cell(c) for c in [*cells, average]) + ' |')
+    for method, cells in reports[0].get('references', {}).items():
+        rows.append(f'| {method} (paper) | ' + ' | '.join(str(cells.get(c, '-')) for c in [*labels, 'average'])
+                    + ' |')
+    return (f'### all-in-one summary ({"/".join(metrics)}; average: the unweighted mean of these columns)\n\n'
+            + header + '\n'.join(rows) + '\n')

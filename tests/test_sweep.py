@@ -1,5 +1,6 @@
 """Sweeps (tools/sweep.py, difflid.analysis.sweep) and the paper's ablation option files (Tables 2 and 3, Fig. 8)."""
 import csv
+import json
 import os
 import re
 import runpy
@@ -250,6 +251,19 @@ def test_tables_and_plot_from_the_runs_test_reports(project):
     assert joint.columns == ['toy_test psnr', 'toy_test ssim', 'toy_test2 psnr', 'toy_test2 ssim']
     assert joint.rows['t2_100'] == {'toy_test psnr': 20.0, 'toy_test ssim': 0.81, 'toy_test2 psnr': 30.0,
                                     'toy_test2 ssim': 0.95}
+
+
+def test_an_all_in_one_test_adds_its_average_column(project):
+    """Runs whose test wrote metrics_summary.json (the all-in-one table) get an 'average <metric>' column: the
+    summary's own average of its columns, as the field reports it."""
+    write_sweep(project, 'grid', GRID)
+    sweep = load_sweep(project / 'options' / 'sweeps' / 'grid.yml', project, {'train.total_iter': 2})
+    fake_results(project, 'grid_t2_100', 'toy_test', 20.0, 0.81)
+    summary = {'metrics': ['psnr', 'ssim'], 'columns': {}, 'average': {'psnr': 27.5, 'ssim': 0.875}, 'references': {}}
+    (project / 'results' / 'grid_t2_100' / 'metrics_summary.json').write_text(json.dumps(summary))
+    table = collect([sweep], project)
+    assert table.columns == ['toy_test psnr', 'toy_test ssim', 'average psnr', 'average ssim']
+    assert table.rows['t2_100']['average psnr'] == 27.5 and 'average psnr' not in table.rows['t2_300']
 
 
 def test_collect_writes_each_sweeps_table_and_a_joint_one(project, monkeypatch, capsys):

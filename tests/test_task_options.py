@@ -157,13 +157,20 @@ def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
     text = (REPO_ROOT / 'options' / f'{name}.yml').read_text()
     opt = yaml.safe_load(resolve_option_file(REPO_ROOT / 'options' / f'{name}.yml').read_text())
     train_set = opt['datasets']['train']
-    if train_set['type'] == 'SyntheticHazeDataset':
+    stand_in = None
+    if train_set['type'] == 'MixedTaskDataset':
+        if any(m.get('source') != 'bundled' for m in train_set['members']):
+            pytest.skip('a mix of published sets: tests/test_allinone_options.py checks its epochs')
+        stand_in = {**train_set, 'phase': 'train', 'scale': 1}  # bundled photos: the real set
+    elif train_set['type'] == 'SyntheticHazeDataset':
         size = len(train_set['images']) * train_set['hazy_per_image']
     else:
         size = PUBLISHED_TRAIN_SIZE[train_set['meta_info_file']]
-    (tmp_path / 'pairs.txt').write_text('lq/a.png gt/a.png\n' * size)  # never read: only the length matters
-    stand_in = {**train_set, 'type': 'PairListDataset', 'dataroot': str(tmp_path), 'io_backend': {'type': 'disk'},
-                'meta_info_file': str(tmp_path / 'pairs.txt'), 'phase': 'train', 'scale': 1, 'num_worker_per_gpu': 0}
+    if stand_in is None:
+        (tmp_path / 'pairs.txt').write_text('lq/a.png gt/a.png\n' * size)  # never read: only the length matters
+        stand_in = {**train_set, 'type': 'PairListDataset', 'dataroot': str(tmp_path), 'io_backend': {'type': 'disk'},
+                    'meta_info_file': str(tmp_path / 'pairs.txt'), 'phase': 'train', 'scale': 1,
+                    'num_worker_per_gpu': 0}
     run = translate_options({'datasets': {'train': stand_in}, 'dist': False, 'world_size': 1, 'rank': 0,
                              'num_gpu': 0, 'is_train': True, 'model_type': opt['model_type'], 'manual_seed': 0,
                              'train': {**opt['train'], 'prior_features': 'online'}})  # the loader's length only
@@ -177,6 +184,31 @@ def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
     if name in PAPER_RECIPE:
         assert train_set['total_batch_size'] == 40 and 'batch_size_per_gpu' not in train_set
         assert epochs['total'] == [1200] and epochs['milestones'] == [300, 600, 900]
+
+
+def _trained_photos(block: dict) -> set[str]:
+    """Bundled photos a training dataset block (or any member of a mix) reads."""
+    photos = set(block.get('images') or []) if block.get('source') in ('bundled', 'skimage') else set()
+    for member in block.get('members') or []:
+        photos |= _trained_photos(member)
+    return photos
+
+
+def test_no_option_file_trains_on_the_photos_held_out_for_evaluation():
+    """difflid.data.bundled_photos.HELD_OUT_PHOTOS validate the quickstart and the demos and feed the probes: no
+    shipped or demo model (DiffLI²D runs, the built-in prior) may have trained on them."""
+    from difflid.data.bundled_photos import HELD_OUT_PHOTOS
+
+    files = [p for p in (REPO_ROOT / 'options').rglob('*.yml') if '_base_' not in p.parts]
+    checked = 0
+    for path in files:
+        opt = yaml.safe_load(resolve_option_file(path).read_text()) or {}
+        train = (opt.get('datasets') or {}).get('train') if isinstance(opt.get('datasets'), dict) else None
+        if isinstance(train, dict):
+            photos = _trained_photos(train)
+            checked += bool(photos)
+            assert not photos & set(HELD_OUT_PHOTOS), f'{path.name} trains on held-out {photos & set(HELD_OUT_PHOTOS)}'
+    assert checked >= 4  # the quickstart, the built-in prior, the all-in-one demo and its baseline at least
 
 
 @pytest.mark.parametrize('name, test_name', [

@@ -221,7 +221,9 @@ class DiffLI2D(nn.Module):
             of it so that h covers the padded image exactly (32 for both ADM presets).
         cim: 'cross' (paper) or 'self' (ablation "w/o CIM": ``CIMStandIn``).
         hae: 'sft' (paper) or 'self' (ablation "w/o HAE": ``HAEStandIn``). Both 'self' is the ablation "Baseline".
-            A stand-in has its module's parameter count plus one per attention head.
+            A stand-in has its module's parameter count plus one per attention head. With both stand-ins the network
+            reads no features (``uses_prior`` False): ``net(x)`` runs alone, the no-prior baseline of the same size
+            (``ImageRestorationModel``, no prior built).
     """
 
     def __init__(
@@ -253,6 +255,7 @@ class DiffLI2D(nn.Module):
             raise ValueError(f'DiffLI2D: h_stride {h_stride} must be a multiple of 2^(levels-1) = {2 ** (levels - 1)}')
         self.h_stride = h_stride
         self.h_channels = h_channels
+        self.uses_prior = cim == 'cross' or hae == 'sft'  # capability: whether forward needs h_t1 and h_t2
 
         def stage(level: int, count: int) -> _Stage:
             return _Stage(DiffLI2DBlock(widths[level], h_channels, num_heads[level], cim, hae) for _ in range(count))
@@ -271,12 +274,14 @@ class DiffLI2D(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor, h_t1: torch.Tensor, h_t2: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h_t1: torch.Tensor | None = None, h_t2: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Restore ``x``.
 
         Args:
             x: (B, C, H, W) degraded images in [0, 1], any H and W.
-            h_t1: (B, C_h, ceil(H/h_stride), ceil(W/h_stride)) content features (t1 = 0).
+            h_t1: (B, C_h, ceil(H/h_stride), ceil(W/h_stride)) content features (t1 = 0); None only when the
+                network uses no prior (both stand-ins).
             h_t2: same shape, haze features (t2 = 500).
 
         Returns:
@@ -285,6 +290,11 @@ class DiffLI2D(nn.Module):
         height, width = x.shape[-2:]
         expected = (-(-height // self.h_stride), -(-width // self.h_stride))
         for name, h in (('h_t1', h_t1), ('h_t2', h_t2)):
+            if h is None and not self.uses_prior:
+                continue
+            if h is None:
+                raise ValueError(f'DiffLI2D: {name} is missing; a network with cim: cross or hae: sft needs the '
+                                 "prior's features (model_type DiffLI2DModel with a network_prior)")
             if tuple(h.shape[-2:]) != expected:
                 raise ValueError(f'DiffLI2D: {name} is {tuple(h.shape[-2:])} for a {height}x{width} image; '
                                  f'expected {expected} (features of the image padded to a multiple of {self.h_stride})')

@@ -9,12 +9,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ['BUNDLED_SOURCES', 'bundled_photo', 'bundled_photo_dirs', 'read_clear_images']
+__all__ = ['BUNDLED_SOURCES', 'HELD_OUT_PHOTOS', 'bundled_photo', 'bundled_photo_dirs', 'read_clear_images']
 
 # values of a dataset's ``source`` option that mean "these photos" (``skimage``: the name it had first)
 BUNDLED_SOURCES = ('bundled', 'skimage')
 _SUFFIXES = ('.png', '.jpg', '.jpeg')
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'}
+# the photos held out for evaluation (the quickstart's and the demos' validation, the probe's demos): no shipped or
+# demo model trains on them (tests/test_task_options.py checks every option file that trains on bundled photos)
+HELD_OUT_PHOTOS = ('chelsea', 'china', 'flower', 'grace_hopper', 'brick', 'grass', 'coins')
 
 
 def bundled_photo_dirs() -> list[Path]:

@@ -10,7 +10,7 @@ training crops and flips, validation's seeded crop or whole image); the LQ is ``
   position and loader worker sees the same degraded images, generated identically rather than written out.
 
 Each item also carries ``task`` (the degradation's, or the option's) for per-task reports. The training LQ changes at
-every draw, so its prior features cannot be precomputed (``random_lq``: refused at start-up with
+every draw, so its prior features cannot be precomputed (``precomputed_refusal``: refused at start-up with
 ``train.prior_features: precomputed``).
 """
 import random
@@ -39,7 +39,9 @@ class DegradedImageDataset(CleanImageDataset):
     OPTION_KEYS = CleanImageDataset.OPTION_KEYS.extended(
         {'degradation': {'type': 'object', 'required': ['type']}, 'task': STR, 'seed': INT}, required=('degradation',))
     EXTRA_KEYS = ('degradation', 'task', 'seed')
-    random_lq = True  # capability: training draws a new LQ per sample (no precomputed prior features)
+    # capability: why a training set of this class cannot have precomputed prior features (empty: it can)
+    precomputed_refusal = ('degrades its images on the fly (a new LQ at every draw), so their prior features cannot '
+                           'be precomputed')
 
     def __init__(self, opt: dict) -> None:
         if 'degradation' not in opt:

@@ -8,6 +8,7 @@ have nothing to check.
 import copy
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import lmdb
@@ -152,13 +153,29 @@ def _clean_images(where: str, opt: dict, sample: int, problems: list[str]) -> No
     _check_disk([(f'{where}.dataroot_gt', Path(key)) for key in dataset.keys], sample, problems)
 
 
-_CHECKS = {'PairListDataset': _pair_list_files, 'CleanImageDataset': _clean_images}
+_CHECKS = {'PairListDataset': _pair_list_files, 'CleanImageDataset': _clean_images,
+           'DegradedImageDataset': _clean_images}
 
 
 def _blocks(opt: dict) -> Iterable[tuple[str, dict]]:
+    """Every dataset block, the members of a mix (``DatasetKeys.member_blocks``) included."""
+    def walk(where: str, block: Any) -> Iterable[tuple[str, dict]]:
+        if not (isinstance(block, dict) and isinstance(block.get('type'), str)):
+            return
+        yield where, block
+        cls = DATASET_REGISTRY._obj_map.get(block['type'])
+        keys = dataset_keys(cls) if cls is not None else None
+        if keys is not None and keys.member_blocks:
+            added = set(getattr(cls, 'MEMBER_KEYS', {}))
+            for index, member in enumerate(block.get(keys.member_blocks) or []):
+                if isinstance(member, dict):  # without the mix's own keys, which the member's class may not read
+                    member_cls = DATASET_REGISTRY._obj_map.get(member.get('type'))
+                    own = set(dataset_keys(member_cls).properties if member_cls and dataset_keys(member_cls) else {})
+                    member = {k: v for k, v in member.items() if k not in added - own}
+                yield from walk(f'{where}.{keys.member_blocks}[{index}]', member)
+
     for phase, block in (opt.get('datasets') or {}).items():
-        if isinstance(block, dict) and isinstance(block.get('type'), str):
-            yield f'datasets.{phase}', block
+        yield from walk(f'datasets.{phase}', block)
 
 
 def check_dataset_files(opt: dict, sample: int = 8) -> None:

@@ -30,12 +30,13 @@ class PairListDataset(data.Dataset):
             directory, as basicsr does.
         io_backend: {type: disk} or {type: lmdb}.
         phase: 'train' crops (gt_size) and augments (use_hflip, use_rot); other phases give whole images.
-    Returns lq, gt (RGB (3, H, W) float in [0, 1]), lq_path, gt_path.
+        task: The degradation's label in per-task reports and mixed training sets (e.g. derain); optional.
+    Returns lq, gt (RGB (3, H, W) float in [0, 1]), lq_path, gt_path (and task, when the option is given).
     """
 
     # checked before a run starts (difflid.utils.option_schema), besides the loader's keys
     OPTION_KEYS = DatasetKeys({'dataroot': STR, 'meta_info_file': STR, 'io_backend': IO_BACKEND, 'gt_size': INT,
-                               'use_hflip': BOOL, 'use_rot': BOOL},
+                               'use_hflip': BOOL, 'use_rot': BOOL, 'task': STR},
                               required=('dataroot', 'meta_info_file', 'io_backend'),
                               required_for_training=('gt_size',))
 
@@ -105,4 +106,7 @@ class PairListDataset(data.Dataset):
             raise ValueError(f'dataset {self.opt.get("name")}: {lq_path} is {lq.shape[1]}x{lq.shape[0]} but its GT '
                              f'{gt_path} is {gt.shape[1]}x{gt.shape[0]}')
         gt, lq = img2tensor([gt, lq], bgr2rgb=True, float32=True)
-        return {'lq': lq, 'gt': gt, 'lq_path': lq_path, 'gt_path': gt_path}
+        item = {'lq': lq, 'gt': gt, 'lq_path': lq_path, 'gt_path': gt_path}
+        if self.opt.get('task'):
+            item['task'] = self.opt['task']
+        return item

@@ -11,7 +11,7 @@ between epochs, and data loading never moves the training process's random strea
 """
 import random
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -27,9 +27,13 @@ class ResumableSampler(EnlargedSampler):
     any sample of the epoch and yields ``(epoch, position, index)``: ``position`` is the sample's place in the epoch's
     permutation before the split over processes, so it is unique across processes."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, ratio: int = 1) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, ratio: int = 1,
+                 order: Callable[[int, int], list[int]] | None = None) -> None:
+        """``order(epoch, total_size)``: the epoch's sample indices, for a dataset that orders its own epochs (a mix
+        of datasets: ``MixedTaskDataset.epoch_order``); default basicsr's shuffle of ``ratio`` copies."""
         super().__init__(dataset, num_replicas, rank, ratio)
         self.start = 0
+        self.order = order
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Epoch ``epoch``'s permutation, from this process's ``start``-th sample (0: the whole epoch)."""
@@ -38,7 +42,10 @@ class ResumableSampler(EnlargedSampler):
         self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        indices = list(super().__iter__())
+        if self.order is None:
+            indices = list(super().__iter__())
+        else:
+            indices = self.order(self.epoch, self.total_size)[self.rank:self.total_size:self.num_replicas]
         for i in range(self.start, len(indices)):
             yield self.epoch, self.rank + i * self.num_replicas, indices[i]
 

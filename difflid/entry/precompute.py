@@ -89,10 +89,9 @@ def store_plans(opt: dict) -> list[StorePlan]:
                               'holds the two horizontal orientations, not the eight of flips and rotations); set '
                               'use_rot: false')
         known = dataset_opt.get('type') in DATASET_REGISTRY
-        if training and known and getattr(DATASET_REGISTRY.get(dataset_opt['type']), 'random_lq', False):
-            raise OptionError(f"datasets.train: {dataset_opt['type']} degrades its images on the fly (a new LQ at "
-                              'every draw), so their prior features cannot be precomputed; use train.prior_features: '
-                              'online')
+        refusal = getattr(DATASET_REGISTRY.get(dataset_opt['type']), 'precomputed_refusal', '') if known else ''
+        if training and refusal:
+            raise OptionError(f"datasets.train: {dataset_opt['type']} {refusal}; use train.prior_features: online")
         orientations = (0, 1) if training and dataset_opt.get('use_hflip') else (0,)
         plans.append(StorePlan(phase, dataset_opt, dataset_store(opt, dataset_opt), orientations,
                                draws if training else 1))

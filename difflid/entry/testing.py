@@ -39,3 +39,5 @@ def test(root: str | Path, argv: list[str]) -> None:
     for loader in loaders:
         logger.info(f"Testing {loader.dataset.opt['name']}...")
         model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=save_img)
+    if hasattr(model, 'report_summary'):  # per-task columns and their average (all-in-one)
+        model.report_summary(current_iter=opt['name'])

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from os import path as osp
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def create_train_val_loaders(opt: dict, logger, precompute: str = 'python tools/
                 dataset_opt = {**dataset_opt, 'prefetch_mode': None}
                 opt['datasets']['train'] = dataset_opt
             dataset = SeededDataset(dataset_of(phase, dataset_opt), opt['manual_seed'])
-            sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], ratio)
+            order = getattr(dataset.dataset, 'epoch_order', None)  # a mix of datasets orders its own epochs
+            sampler = ResumableSampler(dataset, opt['world_size'], opt['rank'], ratio,
+                                       order=partial(order, seed=opt['manual_seed']) if order else None)
             loader = build_dataloader(dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'], sampler=sampler,
                                       seed=opt['manual_seed'])
             loader.worker_init_fn = ignore_stop_signals  # SeededDataset seeds each sample; workers need no seed
@@ -304,6 +307,8 @@ def _loop(run: RunOptions, model, data: TrainData, epoch: int, current_iter: int
         with _random_streams_kept():
             for val_loader in data.val_loaders:
                 model.validation(val_loader, current_iter, tb_logger, val_opt['save_img'])
+            if hasattr(model, 'report_summary'):  # per-task columns and their average (all-in-one)
+                model.report_summary(current_iter, tb_logger)
         validated_at = current_iter
 
     try:

@@ -17,7 +17,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from difflid.metrics import FLOAT_METRICS, SET_METRICS, float_image, require_metric_weights
-from difflid.reports import mean_table, write_means, write_metric_csv, write_sheet
+from difflid.reports import (
+    group_means,
+    mean_table,
+    summary_report,
+    summary_table,
+    write_means,
+    write_metric_csv,
+    write_sheet,
+    write_summary,
+)
 from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save, load_network_weights
 from difflid.utils.errors import OptionError, data_parallel_message
 from difflid.utils.option_schema import OPTIMIZERS
@@ -63,6 +72,7 @@ class RestorationModel(SRModel):
         # what the training loop adds to the next training state (random states, epoch position: difflid.entry)
         self.training_state_extra: dict = {}
         self.input_metric_results: dict[str, float] = {}
+        self.summary_groups: dict[str, dict] = {}  # this validation round's (set, task) means, for report_summary
         super().__init__(opt)
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
@@ -202,6 +212,8 @@ class RestorationModel(SRModel):
             restored, lq = tensor2img([visuals['result']]), tensor2img([visuals['lq']])
             gt = tensor2img([visuals['gt']]) if 'gt' in visuals else None
             record = {'image': img_name}
+            if 'task' in val_data:  # the degradation's label: per-task rows and the all-in-one summary
+                record['task'] = val_data['task'][0]
             if gt is not None:
                 record.update({n: self._score(m, visuals, 'result', restored, gt) for n, m in image_metrics.items()})
                 if score_input:
@@ -225,18 +237,57 @@ class RestorationModel(SRModel):
             pbar.close()
         if not metric_opts or not (gt_set or any(len(r) > 1 for r in records)):
             return  # nothing to score: no metrics asked for, or no ground truth
-        means = {n: sum(r[n] for r in records) / len(records) for n in records[0] if n != 'image'}
+        means = {n: sum(r[n] for r in records) / len(records) for n in records[0] if n not in ('image', 'task')}
         for n, m in set_metrics.items():
             opt = dict(m)
             means[n] = float(METRIC_REGISTRY.get(opt.pop('type'))(restored_set, gt_set, **opt))
+        groups = group_means(dataset_name, records)
+        if len(groups) == 1:
+            next(iter(groups.values()))['means'] = dict(means)  # with the set-level metrics
+        self.summary_groups.update(groups)
         self.metric_results = {n: means[n] for n in metric_opts}
         self.input_metric_results = {n: means[n] for n in means if n.endswith('_input')}
         if self.opt['is_train']:
             for name, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        if len(groups) > 1:
+            self._log_task_rows(dataset_name, groups, current_iter, tb_logger)
         if not self.opt['is_train']:
-            self._write_reports(dataset_name, records, means)
+            self._write_reports(dataset_name, records, means, groups)
+
+    def _log_task_rows(self, dataset_name: str, groups: dict[str, dict], current_iter, tb_logger) -> None:
+        """A set mixing tasks: its mean per task (logged, and to TensorBoard under metrics/<set>/<task>/...)."""
+        table = mean_table({g['task']: {'images': g['images'], **g['means']} for g in groups.values()}, 'task')
+        get_root_logger().info(f'Validation {dataset_name} per task:\n{table}')
+        if tb_logger:
+            for group in groups.values():
+                for metric, value in group['means'].items():
+                    tb_logger.add_scalar(f"metrics/{dataset_name}/{group['task']}/{metric}", value, current_iter)
+
+    def report_summary(self, current_iter, tb_logger=None) -> dict | None:
+        """After a validation (or test) round over every set: the all-in-one table (``val.summary``; see
+        ``difflid.reports.summary_report``) of the round's groups, logged (``metrics/summary/average_<metric>`` in
+        TensorBoard) and, at test time, written to ``metrics_summary.{md,json,csv}``. Nothing when the round had a
+        single group and no ``val.summary``; the groups are cleared for the next round."""
+        groups, self.summary_groups = self.summary_groups, {}
+        summary_opt = (self.opt.get('val') or {}).get('summary')
+        if not groups or (len(groups) < 2 and not summary_opt):
+            return None
+        report = summary_report(groups, summary_opt)
+        name = self.opt['name'] if not self.opt['is_train'] else f"{self.opt['name']} @ {current_iter}"
+        if self.opt['is_train']:
+            table = summary_table(report, name)
+        else:
+            table = write_summary(self.opt['path']['results_root'], report, name) if self._is_master() else ''
+        get_root_logger().info('All-in-one summary:\n' + table)
+        if tb_logger:
+            for metric, value in report['average'].items():
+                tb_logger.add_scalar(f'metrics/summary/average_{metric}', value, current_iter)
+        return report
+
+    def _is_master(self) -> bool:
+        return self.opt.get('rank', 0) == 0
 
     def _log_validation_metric_values(self, current_iter, dataset_name: str, tb_logger) -> None:
         """SRModel's lines, plus the inputs' scores (``val.input_metrics``); the best value and its iteration only in
@@ -270,17 +321,27 @@ class RestorationModel(SRModel):
         return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
 
     @master_only
-    def _write_reports(self, dataset_name: str, records: list[dict], means: dict[str, float]) -> None:
+    def _write_reports(self, dataset_name: str, records: list[dict], means: dict[str, float],
+                       groups: dict[str, dict] | None = None) -> None:
         root = self.opt['path']['results_root']
+        groups = groups or {}
         write_metric_csv(osp.join(root, f'metrics_{dataset_name}.csv'), records)
-        table = mean_table({dataset_name: {'images': len(records), **means}})
+        rows = {dataset_name: {'images': len(records), **means}}
+        if len(groups) > 1:  # a set mixing tasks: a row per task and their unweighted average
+            rows.update({f"task {g['task']}": {'images': g['images'], **g['means']} for g in groups.values()})
+            rows['average of the tasks'] = {'images': len(records), **{
+                m: sum(g['means'][m] for g in groups.values()) / len(groups) for m in next(iter(groups.values()))[
+                    'means']}}
+        table = mean_table(rows)
         with atomic_open(osp.join(root, f'metrics_{dataset_name}.md'), 'w') as f:
             f.write(table)
         metric_opts = self.opt['val'].get('metrics') or {}
         lower = {n for n, m in metric_opts.items() if m.get('better', 'higher') == 'lower'}
         write_means(osp.join(root, f'metrics_{dataset_name}.json'), len(records), means,
                     set_level={n for n, m in metric_opts.items() if m['type'] in SET_METRICS},
-                    lower_better=lower | {f'{n}_input' for n in lower})
+                    lower_better=lower | {f'{n}_input' for n in lower},
+                    tasks={g['task']: {'images': g['images'], 'means': g['means']} for g in groups.values()}
+                    if len(groups) > 1 else None)
         get_root_logger().info('Test metrics (mean over images):\n' + table)
 
 

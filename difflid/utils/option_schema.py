@@ -66,6 +66,8 @@ class DatasetKeys:
         required_for_training: Keys it needs in the ``train`` phase (crop size, augmentation flags).
         top_level: Top-level keys it reads through the copy basicsr makes (``scale``).
         generates_data: It writes or holds its own images: there are no files to check before the run.
+        member_blocks: The key whose list holds whole dataset blocks (a mix of datasets): each is checked as a
+            dataset block, plus the class's ``MEMBER_KEYS``, and its files as any dataset's.
     """
 
     properties: dict[str, dict]
@@ -73,6 +75,7 @@ class DatasetKeys:
     required_for_training: tuple[str, ...] = ()
     top_level: tuple[str, ...] = ()
     generates_data: bool = False
+    member_blocks: str | None = None
 
     def extended(self, properties: dict[str, dict] | None = None, drop: Iterable[str] = (),
                  **changes: Any) -> 'DatasetKeys':
@@ -107,6 +110,12 @@ _BASICSR_DATASETS = {
                                       required=('dataroot_lq', 'io_backend')),
 }
 
+# val.summary: the all-in-one table over the evaluated sets and tasks (difflid.reports.summary_report)
+SUMMARY = {'type': 'object', 'additionalProperties': False, 'properties': {
+    'metrics': {'type': 'array', 'items': STR, 'minItems': 1},
+    'columns': {'type': 'object', 'additionalProperties': STR},
+    'references': {'type': 'object', 'additionalProperties': {'type': 'object', 'additionalProperties': STR}}}}
+
 # The model classes' keys, by class name along the MRO: 'top' (top-level blocks), 'train', 'val', 'network_g'
 # (keys beside the arch's own), 'required' (top-level) and 'drop' ('section.key' a subclass no longer reads).
 # Filled with typed-block placeholders: 'arch', 'loss', 'metrics', 'optim', 'scheduler'.
@@ -119,7 +128,8 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
         'val': {'val_freq': NUM, 'save_img': BOOL, 'suffix': STR_OR_NONE, 'pbar': BOOL, 'metrics': 'metrics'},
     },
     'RestorationModel': {'train': {'diff_opt': 'loss'},
-                         'val': {'input_metrics': BOOL, 'num_sheets': {'type': 'integer', 'minimum': 0}}},
+                         'val': {'input_metrics': BOOL, 'num_sheets': {'type': 'integer', 'minimum': 0},
+                                 'summary': SUMMARY}},
     'ImageRestorationModel': {},
     'DiffLI2DModel': {
         'required': ('network_prior',),
@@ -137,7 +147,7 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
                 'sample_size': INT},
         # its own init_training_settings and nondist_validation do not read these
         'drop': ('train.pixel_opt', 'train.perceptual_opt', 'train.diff_opt', 'val.metrics', 'val.suffix',
-                 'val.pbar', 'val.input_metrics', 'val.num_sheets'),
+                 'val.pbar', 'val.input_metrics', 'val.num_sheets', 'val.summary'),
     },
 }
 _WHY = {  # said after "missing" for a required key
@@ -258,8 +268,9 @@ def _scheduler_choices() -> dict[str, tuple[dict[str, dict], list[str]]]:
             _SCHEDULERS.items()}
 
 
-def _dataset_block(training: bool) -> dict:
-    """A dataset block: loader keys, and the keys its type declares (types that declare none accept any key)."""
+def _dataset_block(training: bool, member_keys: dict[str, dict] | None = None) -> dict:
+    """A dataset block: loader keys, and the keys its type declares (types that declare none accept any key).
+    With ``member_keys``: a member of a mix (no loader settings, no name needed, plus the mix's member keys)."""
     choices = {}
     for name, cls in _registered(DATASET_REGISTRY).items():
         keys = dataset_keys(cls)
@@ -267,9 +278,12 @@ def _dataset_block(training: bool) -> dict:
             choices[name] = (None, [])
         else:
             required = [*keys.required, *(keys.required_for_training if training else ())]
-            choices[name] = ({**LOADER_KEYS, **keys.properties}, ['name', *required])
+            choices[name] = ({**LOADER_KEYS, **keys.properties, **(member_keys or {})},
+                             required if member_keys is not None else ['name', *required])
     block = _typed_block(choices)
     block['properties'].update({k: v for k, v in LOADER_KEYS.items() if k != 'type'})
+    if member_keys is not None:
+        return block
     block['required'] = ['name', 'type']
     if training:
         block['required'].append('num_worker_per_gpu')
@@ -431,6 +445,20 @@ def _cross_problems(raw: dict, is_train: bool) -> list[tuple[tuple, str]]:
         for key in keys.top_level if keys else ():
             if key not in raw and key not in block:
                 problems.append(((key,), f'missing (datasets.{phase} is a {block["type"]}, which reads it)'))
+        if keys and keys.member_blocks and isinstance(block.get(keys.member_blocks), list):
+            member_schema = _dataset_block(is_train and phase == 'train', getattr(cls, 'MEMBER_KEYS', {}))
+            for index, member in enumerate(block[keys.member_blocks]):
+                prefix = ('datasets', phase, keys.member_blocks, index)
+                problems += [((*prefix, *path), message) for path, message in _schema_problems(member, member_schema)]
+    summary = (raw.get('val') or {}).get('summary') if isinstance(raw.get('val'), dict) else None
+    columns = summary.get('columns') if isinstance(summary, dict) else None
+    if isinstance(columns, dict):  # each column a test set's name, or <set name>/<task> for a set mixing tasks
+        names = [b.get('name') for p, b in datasets.items() if isinstance(b, dict) and (not is_train or p != 'train')]
+        for label, group in columns.items():
+            if isinstance(group, str) and group not in names and group.split('/')[0] not in names:
+                problems.append((('val', 'summary', 'columns', label), f'{group!r} is not the name of a '
+                                 f'{"validation" if is_train else "test"} set ({", ".join(map(str, names))}) nor '
+                                 '<set name>/<task>'))
     val_sets = [p for p in datasets if str(p).startswith('val')]
     if is_train and val_sets and 'val' not in raw:
         problems.append((('val',), f'missing: datasets.{val_sets[0]} is never used without a val block '
@@ -569,7 +597,11 @@ def load_raw_options(path: str | Path, force_yml: list[str] | None = None) -> di
                                   f'{_closest(key, node)}; {_dotted(keys[:depth]) or "the top level"} has: '
                                   f'{", ".join(map(str, node))}')
             node = node[key]
-        node[keys[-1]] = _postprocess_yml_value(value_text.strip())
+        try:  # basicsr evaluates a value that looks like a list as Python
+            node[keys[-1]] = _postprocess_yml_value(value_text.strip())
+        except Exception as err:  # noqa: BLE001  (eval raises anything: NameError, SyntaxError, ...)
+            raise OptionError(f'--force_yml {entry}: cannot read the value {value_text.strip()!r} ({err}); a list is '
+                              "read as Python: quote its strings, e.g. images=['a','b']") from None
         forced.append((tuple(keys), entry))
     if forced:
         schema = options_schema(None, raw.get('model_type'))
@@ -592,7 +624,9 @@ def _dataset_size(block: dict) -> int | None:
     for key in ('dataroot_lq', 'dataroot_gt'):
         folder = Path(block[key]) if block.get(key) else None
         if folder is not None and folder.is_dir():
-            return sum(1 for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            count = sum(1 for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            # clean-image sets are read recursively (a prepared one keeps its images in gt/)
+            return count or sum(1 for p in folder.rglob('*') if p.suffix.lower() in _IMAGE_SUFFIXES)
     folder = Path(block['dataroot']) / 'lq' if block.get('dataroot') else None
     if folder is not None and folder.is_dir():
         return sum(1 for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
@@ -625,6 +659,10 @@ def plan_summary(raw: dict, is_train: bool) -> str:
         made = ' (generated on first use)' if keys and keys.generates_data and not (
             where and Path(str(where)).exists()) else ''
         count = f'{size} images' if size is not None else 'size known once built'
+        if keys and keys.member_blocks and isinstance(block.get(keys.member_blocks), list):
+            tasks = [str(m.get('task')) for m in block[keys.member_blocks] if isinstance(m, dict)]
+            count = f'{len(tasks)} members: {", ".join(tasks)}'
+            where = 'mixed'
         line = f'  datasets.{phase}: {block.get("name")} ({block.get("type")}, {count}{made}, {where})'
         if phase == 'train':
             batch = block.get('total_batch_size') or block.get('batch_size_per_gpu')

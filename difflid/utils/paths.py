@@ -117,6 +117,7 @@ def locate_dataset_paths(opt: dict, search_dirs: list[Path]) -> list[str]:
                 f'{len(missing)} dataset paths not found: ' + ', '.join(option for option, _, _ in missing))
         detail = [f'{option}: {value!r}, looked for at ' + ', '.join(map(str, places)) for option, value, places in
                   missing]
-        raise OptionError('\n'.join([head, *detail, 'prepare the dataset (docs/datasets.md), or give the path from the '
-                                     'working directory or as an absolute path']))
+        hint = ('prepare the dataset (docs/datasets.md), or give the path from the working directory or as an '
+                'absolute path')
+        raise OptionError('\n'.join([head, hint, *detail]))  # the hint before the list, which may be cut short
     return lines
