@@ -93,3 +93,18 @@ def test_a_folder_the_dataset_writes_itself_is_no_missing_input(dirs, monkeypatc
     (project / 'datasets' / 'haze').mkdir(parents=True)  # generated before, from the project folder: reused
     locate_dataset_paths(opt, [Path.cwd(), project])
     assert opt['datasets']['train']['dataroot'] == str(project / 'datasets' / 'haze')
+
+
+def test_the_members_of_a_mix_are_found_like_any_dataset(dirs):
+    """A MixedTaskDataset's member blocks hold their own paths: found under the project root as a set's are, and a
+    missing one named by its place in the list."""
+    cwd, project = dirs
+    _pairs(project / 'datasets' / 'Set')
+    member = _options()['datasets']['val']
+    opt = {'datasets': {'train': {'name': 'mix', 'type': 'MixedTaskDataset', 'members': [
+        {**member, 'task': 'a'}, {**member, 'task': 'b', 'dataroot': 'datasets/Nowhere'}]}}}
+    with pytest.raises(OptionError, match=r"datasets\.train\.members\[1\]\.dataroot: 'datasets/Nowhere' not found"):
+        locate_dataset_paths(opt, [Path.cwd(), project])
+    del opt['datasets']['train']['members'][1]
+    locate_dataset_paths(opt, [Path.cwd(), project])
+    assert opt['datasets']['train']['members'][0]['dataroot'] == str(project / 'datasets' / 'Set')

@@ -94,14 +94,19 @@ def locate_dataset_paths(opt: dict, search_dirs: list[Path]) -> list[str]:
     """
     dirs = list(dict.fromkeys(Path(d).resolve() for d in search_dirs))
     lines, missing = [], []
-    for set_name, block in (opt.get('datasets') or {}).items():
+    blocks = [(f'datasets.{name}', block) for name, block in (opt.get('datasets') or {}).items()]
+    while blocks:
+        where, block = blocks.pop(0)
         if not isinstance(block, dict):
             continue
+        # the dataset blocks a block holds (a mix's members): their paths are resolved the same way
+        blocks += [(f'{where}.{key}[{i}]', item) for key, value in block.items() if isinstance(value, list)
+                   for i, item in enumerate(value) if isinstance(item, dict) and 'type' in item]
         generated = _generated_path_keys(block)
         for key, value in block.items():
             if not (is_dataset_path_key(key) and isinstance(value, str) and value):
                 continue
-            option, given = f'datasets.{set_name}.{key}', Path(value).expanduser()
+            option, given = f'{where}.{key}', Path(value).expanduser()
             places = [given] if given.is_absolute() else [d / given for d in dirs]
             found = next((p for p in places if p.exists()), None)
             if found is not None:
