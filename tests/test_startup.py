@@ -167,3 +167,22 @@ def test_the_run_log_is_written_even_after_a_library_disabled_existing_loggers(t
         for handler in [h for h in logger.handlers if getattr(h, 'baseFilename', '') == str(tmp_path / 'train.log')]:
             logger.removeHandler(handler)
             handler.close()
+
+
+def test_weights_named_relative_to_the_project_are_found_from_another_directory(tmp_path, monkeypatch):
+    """tools/train.py writes experiments/ under the project root; a test file naming its weights relative to it
+    (experiments/<run>/models/net_g_latest.pth) works from any working directory, as dataset paths do."""
+    from difflid.entry.startup import prepare_options
+
+    project, elsewhere = tmp_path / 'project', tmp_path / 'elsewhere'
+    write_pairs(project / 'data', 2)
+    weights = project / 'experiments' / 'run' / 'models' / 'net_g_latest.pth'
+    weights.parent.mkdir(parents=True)
+    weights.touch()
+    opt_file = project / 'test.yml'
+    relative = Path('experiments/run/models/net_g_latest.pth')
+    opt_file.write_text(yaml.safe_dump(_test_options(project / 'data', relative)))
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = prepare_options(['-opt', str(opt_file)], project, is_train=False)
+    assert run.opt['path']['pretrain_network_g'] == str(weights)
