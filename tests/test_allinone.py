@@ -103,6 +103,11 @@ def test_the_training_loader_resumes_the_mixed_order_exactly_over_processes():
             assert position not in by_position  # no sample drawn by both processes
             by_position[position] = index
     assert [by_position[p] for p in range(24)] == whole
+    data.sampler.set_epoch(2)
+    uninterrupted = [batch['lq'] for batch in data.loader]
+    data.sampler.set_epoch(2, start=12)  # a run stopped after 3 of the epoch's 6 batches of 4
+    resumed = [batch['lq'] for batch in data.loader]
+    assert len(resumed) == 3 and all(torch.equal(a, b) for a, b in zip(resumed, uninterrupted[3:], strict=True))
     data.sampler.set_epoch(0)
     first = next(iter(data.loader))
     mix = data.dataset.dataset
