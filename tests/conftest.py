@@ -15,6 +15,9 @@ import torch
 from skimage import data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# the tests never fetch weights from the internet (tools/download.py and the metrics' backbones): a test that needs
+# a download points it at a loopback server and clears this itself; subprocesses inherit it
+os.environ.setdefault('DIFFLID_OFFLINE', '1')
 
 
 def pytest_addoption(parser):
