@@ -31,6 +31,7 @@ setup(
         'pytorch-fid',
         'scipy<1.18',  # pytorch-fid 0.3.0 calls linalg.sqrtm(disp=...), which SciPy 1.18 removes
         'pyyaml',
+        'safetensors>=0.4',  # logger.save_checkpoint_format: safetensors, and reading such checkpoints (no pickle)
         'timm',
         'tensorboard',
         'scikit-image',
@@ -43,6 +44,7 @@ setup(
     # onnx: tools/export.py (torch's ONNX exporter needs onnx and onnxscript); onnxruntime: running the exported
     # model (tools/infer.py -opt model.onnx; onnxruntime-gpu instead for CUDA). Lower bounds: the versions tested.
     extras_require={'diffusers': ['diffusers>=0.30'],
+                    'iqa': ['pyiqa>=0.1.13'],  # optional no-reference metrics (BRISQUE, MUSIQ, ...): pyiqa_metric
                     'onnx': ['onnx>=1.23', 'onnxscript>=0.7'],
                     'onnxruntime': ['onnxruntime>=1.32', 'pillow'],
                     'dev': ['pytest', 'ruff', 'import-linter', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30',

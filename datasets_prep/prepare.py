@@ -6,6 +6,7 @@
     python datasets_prep/prepare.py rain-test   --src /data/Rain100H            --dst datasets/Rain100H
     python datasets_prep/prepare.py promptir    --src /data/PromptIR/data       --dst datasets
     python datasets_prep/prepare.py cbsd68      --src /data/CBSD68              --dst datasets/CBSD68
+    python datasets_prep/prepare.py rtts        --src /data/RESIDE/RTTS         --dst datasets/RTTS
 
 Writes <dst>/lq, <dst>/gt (links to your files; --copy to copy), <dst>/<split>.txt pair lists and, with
 --lmdb, <dst>/lq.lmdb and <dst>/gt.lmdb. Prints what was paired and every file skipped, with the reason.
@@ -15,6 +16,9 @@ unless a target is named NAME_k itself. Folders get the mode mkdir gives them (0
 Clean-image sets (bsd400, wed, cbsd68, urban100: degraded on the fly by DegradedImageDataset) write <dst>/gt,
 <dst>/<split>.txt (one gt/<name> per line) and, with --lmdb, <dst>/gt.lmdb. 'promptir' prepares PromptIR's whole
 data/ folder: one sub-folder of --dst per set (denoise_train, Rain100L, OTS, SOTS_outdoor, CBSD68, Urban100).
+
+Sets without ground truth (rtts: real hazy photos, scored by no-reference metrics) write <dst>/lq and
+<dst>/test.txt (one lq/<name> per line), which UnpairedImageDataset reads; --lmdb does not apply.
 """
 import argparse
 from pathlib import Path
@@ -22,7 +26,7 @@ from pathlib import Path
 import difflid  # noqa: F401  basicsr's LMDB writer needs the compat shim
 
 # isort: split
-from difflid.data.prep import BENCHMARKS, prepare_dataset
+from difflid.data.prep import BENCHMARKS, UNPAIRED_SETS, prepare_dataset, prepare_unpaired
 from difflid.data.prep_clean import CLEAN_SETS, prepare_clean
 from difflid.data.prep_promptir import prepare_promptir
 from difflid.utils.errors import user_error_exit
@@ -31,6 +35,7 @@ from difflid.utils.errors import user_error_exit
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = {name: what for name, (_, _, what) in {**BENCHMARKS, **CLEAN_SETS}.items()}
+    what.update({name: text for name, (_, text) in UNPAIRED_SETS.items()})
     what['promptir'] = "PromptIR's data/ folder (Train/, test/); --dst gets one sub-folder per set"
     parser.add_argument('dataset', choices=sorted(what),
                         help='; '.join(f'{name}: {text}' for name, text in sorted(what.items())))
@@ -51,6 +56,14 @@ def main() -> None:
             if args.split:
                 user_error_exit('--split does not apply to promptir: each set keeps its own splits')
             prepare_promptir(args.src, args.dst, **common)  # prints each set's summary as it is written
+            return
+        if args.dataset in UNPAIRED_SETS:
+            if args.lmdb:
+                user_error_exit(f'--lmdb does not apply to {args.dataset}: its images are read from disk')
+            layout, _ = UNPAIRED_SETS[args.dataset]
+            report = prepare_unpaired(layout(Path(args.src)), args.dst, split=args.split or 'test', copy=args.copy,
+                                      convert=args.convert, overwrite=args.overwrite)
+            print(report.summary(Path(args.dst)))
             return
         if args.dataset in CLEAN_SETS:
             layout, split, _ = CLEAN_SETS[args.dataset]

@@ -10,7 +10,7 @@ from torch import nn
 
 from difflid.priors.base import GuidanceExtractor
 from difflid.priors.builder import build_prior
-from difflid.utils.checkpoint_io import load_network_weights
+from difflid.utils.checkpoint_io import load_network_weights, read_checkpoint
 from difflid.utils.errors import OptionError
 from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
@@ -84,7 +84,7 @@ class Restorer:
     @classmethod
     def from_file(cls, path: str | Path, root: str | Path, tile: int | None = None, tile_overlap: int | None = None,
                   **kwargs) -> 'Restorer':
-        """From a test/training option file (YAML) or from a checkpoint that difflid saved (.pth).
+        """From a test/training option file (YAML) or from a checkpoint that difflid saved (.pth or .safetensors).
 
         ``tile``/``tile_overlap`` left as None take the option file's ``val.tile``/``val.tile_overlap`` (those
         the test tool uses; a checkpoint has none: whole images). Paths of the prior (and of an option file's
@@ -95,7 +95,8 @@ class Restorer:
         path, root = Path(path), Path(root)
         given = {k: v for k, v in (('tile', tile), ('tile_overlap', tile_overlap)) if v is not None}
         if not path.is_file():
-            raise FileNotFoundError(f'{path} not found: give an option file (.yml) or a checkpoint (.pth)')
+            raise FileNotFoundError(f'{path} not found: give an option file (.yml) or a checkpoint '
+                                    '(.pth, .safetensors)')
         missing: list[str] = []
 
         def locate(block: dict | None, name: str, search: list[Path]) -> dict | None:
@@ -133,7 +134,7 @@ class Restorer:
                 check_tiling(tiling['tile'], tiling['tile_overlap'], 32 if prior else 1, names)
             weights, param_key = opt_path.get('pretrain_network_g'), opt_path.get('param_key_g', 'params')
             return build(opt['network_g'], prior, weights, param_key, **from_file, **given)
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = read_checkpoint(path)  # .pth or .safetensors
         config = state.get('config') if isinstance(state, dict) else None
         if not config:
             raise ValueError(f'{path} holds no network options (only checkpoints saved by difflid do); '

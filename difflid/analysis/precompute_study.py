@@ -39,6 +39,7 @@ import yaml
 from difflid.analysis.sweep import Run, SweepError, apply_overrides, run_status
 from difflid.priors.cache import prior_store_dir
 from difflid.reports import read_means
+from difflid.utils.checkpoint_io import latest_weights_name
 from difflid.utils.options import resolve_option_file, training_to_test_options
 
 __all__ = ['MODES', 'PRIORS', 'QUICK', 'Mode', 'Prior', 'Study', 'StudyError', 'StudyRun', 'collect', 'execute',
@@ -205,7 +206,7 @@ def _run_options(base: dict, prior_block: dict, seed: int, draws: int | None, na
 
 def _test_options(full: dict, name: str, workdir: Path) -> dict:
     """tools/test.py's options for a run: its held-out set with the run's latest weights, the prior run online."""
-    weights = f'experiments/{name}/models/net_g_latest.pth'
+    weights = f'experiments/{name}/models/{latest_weights_name(full)}'
     ema = (full.get('train') or {}).get('ema_decay', 0) > 0
     test = training_to_test_options({**full, 'path': {**(full.get('path') or {}), 'pretrain_network_g': weights}},
                                     workdir)

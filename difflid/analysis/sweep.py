@@ -61,6 +61,7 @@ from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 from difflid.data.file_checks import check_dataset_files
 from difflid.models.base_restoration import check_arch_options
 from difflid.reports import SUMMARY_NAME, read_means
+from difflid.utils.checkpoint_io import latest_weights_name
 from difflid.utils.errors import OptionError
 from difflid.utils.option_schema import plan_summary, validate_options
 from difflid.utils.options import resolve_option_file, training_to_test_options
@@ -242,8 +243,8 @@ def _load_options(path: Path) -> dict:
     return opt
 
 
-def _weights(name: str) -> str:
-    return f'experiments/{name}/models/net_g_latest.pth'
+def _weights(name: str, train: dict) -> str:
+    return f'experiments/{name}/models/{latest_weights_name(train)}'
 
 
 def _test_options(train: dict, test_file_opt: dict | None, root: Path) -> dict:
@@ -251,7 +252,7 @@ def _test_options(train: dict, test_file_opt: dict | None, root: Path) -> dict:
     run's network, prior and latest weights."""
     name = train['name']
     if test_file_opt is None:
-        with_weights = {**train, 'path': {**(train.get('path') or {}), 'pretrain_network_g': _weights(name)}}
+        with_weights = {**train, 'path': {**(train.get('path') or {}), 'pretrain_network_g': _weights(name, train)}}
         try:
             test = training_to_test_options(with_weights, root)
         except ValueError as err:
@@ -265,7 +266,8 @@ def _test_options(train: dict, test_file_opt: dict | None, root: Path) -> dict:
             test[key] = copy.deepcopy(train[key])
     ema = (train.get('train') or {}).get('ema_decay', 0) > 0
     path = {k: v for k, v in (test.get('path') or {}).items() if k != 'resume_state'}
-    path.update(pretrain_network_g=_weights(name), param_key_g='params_ema' if ema else 'params', strict_load_g=True)
+    path.update(pretrain_network_g=_weights(name, train), param_key_g='params_ema' if ema else 'params',
+                strict_load_g=True)
     test.update(name=name, path=path)
     return test
 
@@ -426,7 +428,7 @@ def run_status(run: Run, root: Path) -> str:
                              f'({_first_difference(_recipe(old), _recipe(run.train_opt))}, recorded in '
                              f'{recorded[-1].name} vs the sweep); move experiments/{run.name} and results/{run.name} '
                              'away to train it again, or change the sweep')
-    weights = root / _weights(run.name)
+    weights = root / _weights(run.name, run.train_opt)
     if not weights.is_file():
         return 'train'
     reports = [root / 'results' / run.name / f'metrics_{s}.json' for s in run.test_sets]

@@ -6,6 +6,9 @@ A prepared dataset is one folder:
     <dst>/<split>.txt                 pair lists, one ``lq/<name> gt/<name>`` per line (many LQ may share a GT)
     <dst>/lq.lmdb  <dst>/gt.lmdb      with --lmdb: the same images in basicsr LMDBs (keys: ``lmdb_key``)
 
+An unpaired set (real haze with no ground truth: RTTS; ``prepare_unpaired``) has ``<dst>/lq/...`` and a list,
+``<dst>/test.txt``, of one ``lq/<name>`` per line, which ``UnpairedImageDataset`` reads.
+
 Every LQ is checked against its GT before anything is written: missing partners, duplicate names,
 unreadable files, size mismatches and grayscale/RGBA/16-bit images are reported by file name and
 skipped (or converted with ``convert=True``); images with an EXIF orientation are turned upright (basicsr's
@@ -29,7 +32,7 @@ import numpy as np
 
 from difflid.image_io import apply_exif_orientation
 
-__all__ = ['BENCHMARKS', 'PrepReport', 'Source', 'lmdb_key', 'prepare_dataset']
+__all__ = ['BENCHMARKS', 'UNPAIRED_SETS', 'PrepReport', 'Source', 'lmdb_key', 'prepare_dataset', 'prepare_unpaired']
 
 IMAGE_EXTENSIONS = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'}
 
@@ -504,4 +507,53 @@ BENCHMARKS: dict[str, tuple[Callable[[Path], dict[str, Source]], int, str]] = {
     'gopro': (_gopro, 0, 'GOPRO_Large folder with train/ and test/ (GOPR<seq>/blur and sharp; blur_gamma unused)'),
     'paired': (_paired('train'), 0, 'any folder with input/ (or lq/) and target/ (or gt/), same file names, '
                                     'or input NAME_k -> target NAME'),
+}
+
+
+def prepare_unpaired(
+    images: list[Path],
+    dst: str | Path,
+    split: str = 'test',
+    copy: bool = False,
+    convert: bool = False,
+    overwrite: bool = False,
+) -> PrepReport:
+    """Check and write degraded images that have no ground truth: ``<dst>/lq/<name>`` and ``<dst>/<split>.txt``.
+
+    Unreadable, grayscale/RGBA/16-bit (unless ``convert``) and same-stem files (``a.png`` beside ``a.jpg``, which
+    would share a report row and an LMDB key) are skipped and reported by name, as for pairs.
+    """
+    dst = Path(dst)
+    report = PrepReport(unit='images')
+    with atomic_folder(dst, overwrite) as tmp:
+        taken: set[str] = set()
+        first: dict[str, Path] = {}
+        lines = []
+        for path in images:
+            if path.stem in first:
+                report.skipped.append((str(path), f'duplicate name {path.stem!r} (also {first[path.stem].name})'))
+                continue
+            first[path.stem] = path
+            img, changed = _load(path, convert, report, 'NIQE and the restoration networks read colour images')
+            if img is not None:
+                lines.append(place_image(tmp, 'lq', path, img if changed else None, path.name, copy, taken))
+        if not lines:
+            raise ValueError(f'no usable images in {dst}:\n' + report.summary(dst))
+        (tmp / f'{split}.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+        report.pairs[split] = len(lines)
+    return report
+
+
+def _rtts(root: Path) -> list[Path]:
+    """RTTS (RESIDE's Real-world Task-driven Testing Set, 4,322 real hazy photos, VOC layout): the images in
+    ``JPEGImages/`` (under ``--src`` or its ``RTTS/``); ``Annotations/`` (object boxes) and ``ImageSets/`` are not
+    images to restore and are left out."""
+    if root.is_dir() and not any(p.is_dir() and p.name.lower() == 'jpegimages' for p in root.iterdir()):
+        root = _find_dir(root, 'RTTS')
+    return list_images(_find_dir(root, 'JPEGImages'))
+
+
+# name -> (layout reader: the images, what --src is); prepared by ``prepare_unpaired``
+UNPAIRED_SETS: dict[str, tuple[Callable[[Path], list[Path]], str]] = {
+    'rtts': (_rtts, 'RESIDE RTTS folder with JPEGImages/ (and Annotations/), or the folder holding RTTS/'),
 }

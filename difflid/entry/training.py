@@ -46,7 +46,7 @@ from difflid.entry.startup import (
     resume_command,
 )
 from difflid.models.base_restoration import RestorationModel
-from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save
+from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save, latest_weights_name
 from difflid.utils.errors import OptionError
 
 __all__ = ['TrainData', 'TrainingMessages', 'create_train_val_loaders', 'restore_rng_state', 'rng_state', 'train']
@@ -360,7 +360,7 @@ def _report_stop(run: RunOptions, signum: int, current_iter: int, logger) -> Non
         return
     paths = run.opt['path']
     line = (f'{signal.Signals(signum).name}: stopped after iteration {current_iter}; saved '
-            f"{osp.join(paths['models'], f'net_g_{current_iter}.pth')} and "
+            f"{osp.join(paths['models'], latest_weights_name(run.opt, str(current_iter)))} and "
             f"{osp.join(paths['training_states'], f'{current_iter}.state')}; continue with: "
             f"{resume_command(run.args, run.opt['world_size'])}")
     logger.warning(line)

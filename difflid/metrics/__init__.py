@@ -3,9 +3,10 @@ from .fid_metric import SET_METRICS, calculate_fid
 from .float_metrics import FLOAT_METRICS, calculate_psnr_float, calculate_ssim_float, float_image
 from .hub_weights import require_hub_file
 from .lpips_metric import BACKBONES, calculate_lpips
+from .no_reference import NO_REFERENCE_METRICS, pyiqa_metric
 
-__all__ = ['FLOAT_METRICS', 'SET_METRICS', 'calculate_fid', 'calculate_lpips', 'calculate_psnr_float',
-           'calculate_ssim_float', 'float_image', 'require_metric_weights']
+__all__ = ['FLOAT_METRICS', 'NO_REFERENCE_METRICS', 'SET_METRICS', 'calculate_fid', 'calculate_lpips',
+           'calculate_psnr_float', 'calculate_ssim_float', 'float_image', 'pyiqa_metric', 'require_metric_weights']
 
 
 def require_metric_weights(metric_opts: dict) -> None:

@@ -12,11 +12,12 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from difflid.metrics import FLOAT_METRICS, SET_METRICS, float_image, require_metric_weights
+from difflid.metrics.no_reference import NO_REFERENCE_METRICS, check_no_reference_metrics, score_no_reference
 from difflid.reports import (
     group_means,
     mean_table,
@@ -27,7 +28,14 @@ from difflid.reports import (
     write_sheet,
     write_summary,
 )
-from difflid.utils.checkpoint_io import atomic_open, atomic_torch_save, load_network_weights
+from difflid.utils.checkpoint_io import (
+    CHECKPOINT_FORMATS,
+    atomic_open,
+    atomic_torch_save,
+    load_network_weights,
+    other_format,
+    save_checkpoint,
+)
 from difflid.utils.errors import OptionError, data_parallel_message
 from difflid.utils.option_schema import OPTIMIZERS
 from difflid.utils.options import option_names
@@ -52,6 +60,25 @@ def check_arch_options(block_name: str, block: dict, registry=ARCH_REGISTRY) -> 
         raise KeyError(f'{block_name}: unknown option(s) {unknown} for {block["type"]}; valid: {sorted(names)}')
 
 
+def _refuse_full_reference(where: str, metrics: list[str]) -> None:
+    """A set without ground truth cannot give full-reference scores: one error naming the set and the metrics, rather
+    than a report that silently lacks them."""
+    raise OptionError(f'val.metrics: {", ".join(metrics)} compare with ground truth, which {where} does not have; '
+                      'score it with no-reference metrics only, e.g. niqe: {type: calculate_niqe, crop_border: 0, '
+                      'better: lower} (docs/evaluation.md, "Evaluation without ground truth")')
+
+
+def _check_reference_metrics(opt: dict) -> None:
+    """At start-up: full-reference metrics asked of a test set whose dataset class has no GT (``HAS_GT = False``)."""
+    metric_opts = (opt.get('val') or {}).get('metrics') or {}
+    full_reference = [n for n, m in metric_opts.items() if m.get('type') not in NO_REFERENCE_METRICS]
+    for phase, block in (opt.get('datasets') or {}).items():
+        if phase == 'train' or not isinstance(block, dict) or block.get('type') not in DATASET_REGISTRY:
+            continue
+        if full_reference and not getattr(DATASET_REGISTRY.get(block['type']), 'HAS_GT', True):
+            _refuse_full_reference(f'datasets.{phase} ({block["type"]})', full_reference)
+
+
 class RestorationModel(SRModel):
     """SRModel with the behaviour long runs and benchmark tables need (see module docstring).
 
@@ -69,6 +96,8 @@ class RestorationModel(SRModel):
             if opt['train'].get('diff_opt'):
                 check_arch_options('train.diff_opt', opt['train']['diff_opt'], LOSS_REGISTRY)
         require_metric_weights((opt.get('val') or {}).get('metrics'))
+        check_no_reference_metrics((opt.get('val') or {}).get('metrics'))
+        _check_reference_metrics(opt)
         # what the training loop adds to the next training state (random states, epoch position: difflid.entry)
         self.training_state_extra: dict = {}
         self.input_metric_results: dict[str, float] = {}
@@ -161,7 +190,8 @@ class RestorationModel(SRModel):
         }
         if net_label == 'net_g':  # lets tools/infer.py rebuild the network from the checkpoint alone
             save_dict['config'] = self.checkpoint_config()
-        atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+        suffix = CHECKPOINT_FORMATS[(self.opt.get('logger') or {}).get('save_checkpoint_format', 'pth')]
+        save_checkpoint(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}{suffix}'))
 
     def checkpoint_config(self) -> dict:
         """What a net_g checkpoint records beside its weights: the network options, with relative paths (the prior's
@@ -170,8 +200,13 @@ class RestorationModel(SRModel):
 
     def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True,
                      param_key: str | None = 'params') -> None:
-        """basicsr's load_network, but a checkpoint of another configuration is one error naming the file and the
-        options that differ (the checkpoint's recorded ``config`` against this run's network blocks)."""
+        """basicsr's load_network, for .pth and .safetensors files, and a checkpoint of another configuration is one
+        error naming the file and the options that differ (the checkpoint's recorded ``config`` against this run's
+        network blocks). On a resume, basicsr's ``check_resume`` names ``net_g_<iter>.pth``: a run saving safetensors
+        (or switched between formats) has that iteration's checkpoint in the other format, which is then loaded."""
+        if self.opt['path'].get('resume_state') and not osp.isfile(load_path):
+            alternative = other_format(load_path)
+            load_path = str(alternative) if alternative is not None and alternative.is_file() else load_path
         get_root_logger().info(f'Loading {type(self.get_bare_model(net)).__name__} model from {load_path}, '
                                f'with param key: [{param_key}].')
         expected = {'network_g': self.opt['network_g'], 'network_prior': self.opt.get('network_prior')}
@@ -192,11 +227,15 @@ class RestorationModel(SRModel):
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> None:
         """SRModel's validation, keeping per-image metrics and scoring set-level metrics (FID) once per set.
         At test time it writes ``results/<name>/metrics_<set>.csv`` (per image), ``metrics_<set>.md`` (means,
-        also logged) and ``sheets/<set>/<image>.png`` (input | restored | GT) for the first ``num_sheets`` images."""
+        also logged) and ``sheets/<set>/<image>.png`` (input | restored | GT) for the first ``num_sheets`` images.
+        No-reference metrics (NIQE, ``NO_REFERENCE_METRICS``) score the restored image alone, and with
+        ``input_metrics`` the input too, so a set without ground truth (``UnpairedImageDataset``) gets the same
+        reports; full-reference metrics on such a set are refused (at start-up for a class with ``HAS_GT = False``)."""
         dataset_name = dataloader.dataset.opt['name']
         val_opt = self.opt['val']
         metric_opts = val_opt.get('metrics') or {}
-        image_metrics = {n: m for n, m in metric_opts.items() if m['type'] not in SET_METRICS}
+        image_metrics = {n: m for n, m in metric_opts.items() if m['type'] not in SET_METRICS | NO_REFERENCE_METRICS}
+        no_reference = {n: m for n, m in metric_opts.items() if m['type'] in NO_REFERENCE_METRICS}
         set_metrics = {n: m for n, m in metric_opts.items() if m['type'] in SET_METRICS}
         score_input = bool(val_opt.get('input_metrics', False))
         num_sheets = int(val_opt.get('num_sheets', 0 if self.opt['is_train'] else 4))
@@ -214,6 +253,12 @@ class RestorationModel(SRModel):
             record = {'image': img_name}
             if 'task' in val_data:  # the degradation's label: per-task rows and the all-in-one summary
                 record['task'] = val_data['task'][0]
+            if gt is None and (image_metrics or set_metrics):  # a dataset class that does not declare HAS_GT
+                _refuse_full_reference(f'test set {dataset_name}', [*image_metrics, *set_metrics])
+            for n, m in no_reference.items():  # the image alone: scored with or without ground truth
+                record[n] = score_no_reference(m, restored, n, img_name)
+                if score_input:
+                    record[f'{n}_input'] = score_no_reference(m, lq, n, img_name)
             if gt is not None:
                 record.update({n: self._score(m, visuals, 'result', restored, gt) for n, m in image_metrics.items()})
                 if score_input:

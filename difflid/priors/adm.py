@@ -14,7 +14,7 @@ import torch
 from difflid.priors.adm_unet_arch import DECODER_PREFIXES, ADMUNet, adm_flags, adm_noise_schedule
 from difflid.priors.base import GuidanceExtractor, PriorOptions
 from difflid.priors.schedules import named_alphas_cumprod
-from difflid.utils.checkpoint_io import network_state, package_path, state_dict_problems
+from difflid.utils.checkpoint_io import network_state, package_path, read_checkpoint, state_dict_problems
 
 __all__ = ['ADM_CHECKPOINT_HELP', 'DEFAULT_CLASS_LABEL', 'ADMFeatureSource', 'build_adm_unet', 'class_labels',
            'load_adm_checkpoint', 'resolve_class_label']
@@ -61,7 +61,8 @@ def class_labels(label: int | None, batch: int, device: torch.device) -> tuple[t
 def load_adm_checkpoint(unet: ADMUNet, path: str | Path, noise_schedule: str | None = None) -> None:
     """Load an ADM checkpoint file into ``unet`` strictly, with errors that name the file.
 
-    The file is a guided-diffusion state dict, or a checkpoint of a prior trained with ``DiffusionPriorModel``
+    The file (.pt/.pth, or .safetensors as ``tools/export_prior.py --format safetensors`` writes) is a
+    guided-diffusion state dict, or a checkpoint of a prior trained with ``DiffusionPriorModel``
     (its EMA weights when it has them; its recorded noise schedule must equal ``noise_schedule``, the one the
     features are computed with). A relative path missing from the working directory is also looked for among the
     files shipped with difflid (``package_path``). An encoder-only ``unet`` ignores the decoder keys and checks all
@@ -72,9 +73,9 @@ def load_adm_checkpoint(unet: ADMUNet, path: str | Path, noise_schedule: str | N
     if not path.is_file():
         raise FileNotFoundError(f'diffusion prior checkpoint not found: {path.resolve()}. {ADM_CHECKPOINT_HELP}')
     try:
-        loaded = torch.load(path, map_location='cpu', weights_only=True)
+        loaded = read_checkpoint(path)  # .pth/.pt (no pickle beyond tensors) or .safetensors
     except Exception as err:  # unpickling errors have many types; all mean "not a plain state dict"
-        raise ValueError(f'cannot read {path} as a PyTorch state dict ({type(err).__name__}: {err}). '
+        raise ValueError(f'cannot read {path} as a checkpoint ({type(err).__name__}: {err}). '
                          f'{ADM_CHECKPOINT_HELP}') from err
     state, record = network_state(loaded)
     if state is None:

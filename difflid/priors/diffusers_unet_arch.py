@@ -23,7 +23,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from difflid.priors.base import PRIOR_DEFAULTS, GuidanceExtractor, PriorOptions
 from difflid.priors.schedules import PREDICTION_TYPES, epsilon_from_prediction, named_alphas_cumprod
-from difflid.utils.checkpoint_io import network_state, package_path
+from difflid.utils.checkpoint_io import network_state, package_path, read_checkpoint
 
 __all__ = ['DiffusersUNetExtractor', 'find_scheduler_config', 'import_diffusers', 'load_diffusers_prior',
            'load_trained_unet', 'unet_downsample_factor',
@@ -93,7 +93,7 @@ def load_trained_unet(unet: torch.nn.Module, path: str | Path) -> str | None:
     if not path.is_file():
         raise FileNotFoundError(f'DiffusersUNetExtractor: network_prior.checkpoint not found: {path.resolve()} (a '
                                 'net_g_*.pth written by DiffusionPriorModel with network_g.type DiffusersUNet2D)')
-    state, record = network_state(torch.load(path, map_location='cpu', weights_only=True))
+    state, record = network_state(read_checkpoint(path))
     if state is None:
         raise ValueError(f'DiffusersUNetExtractor: {path} is not a checkpoint of tensors')
     state = {k.removeprefix('module.').removeprefix('unet.'): v for k, v in state.items()}

@@ -20,7 +20,7 @@ import yaml
 
 from difflid.priors.builder import build_prior, with_denoiser
 from difflid.priors.schedules import ddim_sample
-from difflid.utils.checkpoint_io import atomic_open, network_state, package_path
+from difflid.utils.checkpoint_io import atomic_open, network_state, package_path, read_checkpoint
 from difflid.utils.options import resolve_option_file
 
 __all__ = ['Denoiser', 'checkpoint_prior_block', 'denoiser_from_checkpoint', 'denoiser_from_prior', 'load_denoiser',
@@ -56,7 +56,7 @@ def checkpoint_prior_block(path: str | Path) -> dict:
     path = package_path(path)
     if not path.is_file():
         raise FileNotFoundError(f'prior checkpoint not found: {path.resolve()}')
-    _, record = network_state(torch.load(path, map_location='cpu', weights_only=True))
+    _, record = network_state(read_checkpoint(path))
     if 'noise_schedule' not in record or 'network_g' not in record:
         raise ValueError(f'{path} is not a checkpoint of DiffusionPriorModel (it records no network_g and '
                          'noise_schedule); for another prior, give an option file with its network_prior block')

@@ -1,5 +1,13 @@
 """Checkpoint files: crash-safe writing (a kill during a save never leaves a truncated file under the final name),
-and loading a network's weights with one readable error when they do not fit."""
+in PyTorch's format or in safetensors (no pickle at load), and loading a network's weights with one readable error
+when they do not fit.
+
+A safetensors checkpoint holds what the PyTorch one holds: basicsr's ``{'params': ..., 'params_ema': ...}`` stored
+flat as ``params.<key>``/``params_ema.<key>`` tensors, the groups and the ``config`` record in the file's metadata as
+JSON (``CHECKPOINT_GROUPS``, ``CHECKPOINT_CONFIG``). A safetensors file without them (a plain state dict) reads as
+that state dict, as a plain ``.pth`` does.
+"""
+import json
 import logging
 import os
 import pickle
@@ -8,13 +16,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
 from difflid.utils.errors import OptionError
 
-__all__ = ['atomic_open', 'atomic_torch_save', 'load_network_weights', 'network_state', 'option_differences',
-           'package_path', 'state_dict_problems', 'weights_stamp']
+__all__ = ['CHECKPOINT_FORMATS', 'atomic_open', 'atomic_torch_save', 'latest_weights_name', 'load_network_weights',
+           'network_state', 'option_differences', 'other_format', 'package_path', 'read_checkpoint', 'save_checkpoint',
+           'state_dict_problems', 'weights_stamp']
+
+CHECKPOINT_FORMATS = {'pth': '.pth', 'safetensors': '.safetensors'}  # logger.save_checkpoint_format -> suffix
+
+
+def latest_weights_name(opt: dict, label: str = 'latest') -> str:
+    """``net_g_<label>`` with the suffix a training run's options save it under (``logger.save_checkpoint_format``)."""
+    return f"net_g_{label}{CHECKPOINT_FORMATS[(opt.get('logger') or {}).get('save_checkpoint_format', 'pth')]}"
+CHECKPOINT_GROUPS = 'difflid.groups'  # metadata key: JSON list of the state dicts stored (params, params_ema)
+CHECKPOINT_CONFIG = 'config'  # metadata key: JSON of the checkpoint's config record
 
 
 @contextmanager
@@ -40,6 +60,85 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
     """``torch.save`` through ``atomic_open``."""
     with atomic_open(path) as f:
         torch.save(obj, f)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By suffix, or by content for other names: an 8-byte little-endian header length, then a JSON object."""
+    if path.suffix == '.safetensors':
+        return True
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and not head.startswith(b'PK')
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    """Write a checkpoint atomically, as safetensors when ``path`` ends in ``.safetensors``, else with torch.save.
+
+    ``checkpoint`` is basicsr's ``{'params': state, 'params_ema': state, 'config': record}`` (any subset) or a plain
+    state dict. Tensors that share memory (tied weights) are stored as copies, which safetensors requires.
+    """
+    path = Path(path)
+    if path.suffix != '.safetensors':
+        atomic_torch_save(checkpoint, path)
+        return
+    if _is_state(checkpoint):
+        groups, flat, metadata = None, dict(checkpoint), {}
+    else:
+        groups = [k for k, v in checkpoint.items() if k != 'config']
+        if not all(_is_state(checkpoint[g]) for g in groups):
+            raise TypeError(f'{path}: safetensors holds tensors only, got {groups} beside config')
+        flat = {f'{g}.{k}': v for g in groups for k, v in checkpoint[g].items()}
+        metadata = {CHECKPOINT_GROUPS: json.dumps(groups)}
+        if checkpoint.get('config') is not None:
+            metadata[CHECKPOINT_CONFIG] = json.dumps(checkpoint['config'])
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in flat.items():
+        value = value.detach().cpu().contiguous()
+        pointer = value.untyped_storage().data_ptr()
+        tensors[key] = value.clone() if pointer in seen and value.numel() else value
+        seen.add(pointer)
+    with atomic_open(path) as f:
+        f.write(safetensors.torch.save(tensors, metadata=metadata or None))
+
+
+def read_checkpoint(path: str | Path) -> object:
+    """What ``torch.load(path, weights_only=True)`` gives for a ``.pth`` file, from either format (chosen by the suffix,
+    or the content for other names; no pickle for safetensors). Raises OptionError naming the file when it cannot be
+    read (truncated, corrupt, not a checkpoint), FileNotFoundError when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: no such checkpoint file')
+    if not _is_safetensors(path):
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise OptionError(f'{path} is not a PyTorch checkpoint that can be loaded safely ({first})') from err
+    try:
+        with safetensors.safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+            flat = {k: f.get_tensor(k) for k in f.keys()}
+        groups = json.loads(metadata.get(CHECKPOINT_GROUPS, 'null'))
+        config = json.loads(metadata[CHECKPOINT_CONFIG]) if CHECKPOINT_CONFIG in metadata else None
+    except (safetensors.SafetensorError, OSError, ValueError) as err:  # json's errors are ValueErrors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OptionError(f'{path} is not a readable safetensors checkpoint ({first})') from err
+    if not groups:
+        return flat
+    loaded: dict = {g: {k.removeprefix(f'{g}.'): v for k, v in flat.items() if k.startswith(f'{g}.')} for g in groups}
+    if config is not None:
+        loaded['config'] = config
+    return loaded
+
+
+def other_format(path: str | Path) -> Path | None:
+    """The same checkpoint name in the other format (``net_g_8.safetensors`` for ``net_g_8.pth``), or None."""
+    path = Path(path)
+    suffixes = list(CHECKPOINT_FORMATS.values())
+    if path.suffix not in suffixes:
+        return None
+    return path.with_suffix(suffixes[1 - suffixes.index(path.suffix)])
 
 
 def network_state(loaded: object) -> tuple[dict | None, dict]:
@@ -166,7 +265,8 @@ def option_differences(saved: Mapping, given: Mapping) -> list[str]:
 
 def load_network_weights(net: nn.Module, path: str | Path, param_key: str | None, strict: bool = True,
                          expected_config: dict | None = None) -> None:
-    """Load a checkpoint's weights into ``net``, or raise one OptionError that names the file and says why.
+    """Load a checkpoint's weights (.pth or .safetensors, ``read_checkpoint``) into ``net``, or raise one OptionError
+    that names the file and says why.
 
     As basicsr's ``load_network``: ``param_key`` ('params', 'params_ema'; None: the file is the state dict) falls
     back to 'params' (logged), a ``module.`` prefix is dropped, and ``strict=False`` loads what fits, logging what
@@ -177,13 +277,7 @@ def load_network_weights(net: nn.Module, path: str | Path, param_key: str | None
     tensor.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such checkpoint file')
-    try:
-        loaded = torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OptionError(f'{path} is not a PyTorch checkpoint that can be loaded safely ({first})') from err
+    loaded = read_checkpoint(path)
     logger = logging.getLogger('basicsr')
     state = loaded
     if param_key is not None and isinstance(loaded, dict) and not _is_state(loaded):

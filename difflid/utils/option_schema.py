@@ -343,6 +343,7 @@ def options_schema(is_train: bool | None, model_type: str | None = 'DiffLI2DMode
         datasets['minProperties'] = 1
     logger = {'type': 'object', 'additionalProperties': False,
               'properties': {'print_freq': NUM, 'save_checkpoint_freq': NUM, 'use_tb_logger': BOOL,
+                             'save_checkpoint_format': {'enum': ['pth', 'safetensors']},
                              'wandb': {'type': ['object', 'null'], 'additionalProperties': False,
                                        'properties': {'project': STR_OR_NONE, 'resume_id': STR_OR_NONE}}},
               'required': ['print_freq', 'save_checkpoint_freq', 'use_tb_logger'] if is_train else []}

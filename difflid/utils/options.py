@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from difflid.utils.checkpoint_io import latest_weights_name
+
 __all__ = ['is_training_options', 'option_defaults', 'option_names', 'prepare_argv', 'resolve_option_file',
            'training_to_test_options']
 
@@ -66,7 +68,7 @@ def training_to_test_options(opt: dict, root: Path) -> dict:
     test['datasets'] = {f'test_{i}': d for i, d in enumerate(val_sets, 1)}
     path = {k: v for k, v in (opt.get('path') or {}).items() if k != 'resume_state'}
     if not path.get('pretrain_network_g'):
-        weights = root / 'experiments' / opt['name'] / 'models' / 'net_g_latest.pth'
+        weights = root / 'experiments' / opt['name'] / 'models' / latest_weights_name(opt)
         if not weights.is_file():
             raise FileNotFoundError(f"no trained model at {weights}: train first (tools/train.py -opt <this file>) "
                                     'or set path.pretrain_network_g')
