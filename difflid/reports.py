@@ -80,23 +80,28 @@ def summary_report(groups: dict[str, dict], summary_opt: dict | None = None) -> 
             'average': average, 'references': dict(summary_opt.get('references') or {})}
 
 
+def _summary_rows(labels: list[str], rows: dict[str, list[list[float]]], references: dict[str, dict]) -> str:
+    """Markdown of the all-in-one table: one row per method (its cells, ``format_cell``ed, over ``labels`` then
+    the average), then the published rows marked "(paper)", their cells verbatim ('-' where they have none)."""
+    header = '| method | ' + ' | '.join([*labels, 'average']) + ' |\n' + '|---' * (len(labels) + 2) + '|\n'
+    lines = [f'| {name} | ' + ' | '.join(format_cell(c) for c in cells) + ' |' for name, cells in rows.items()]
+    lines += [f'| {method} (paper) | ' + ' | '.join(str(cells.get(c, '-')) for c in [*labels, 'average']) + ' |'
+              for method, cells in references.items()]
+    return header + '\n'.join(lines) + '\n'
+
+
 def summary_table(report: dict, name: str) -> str:
     """Markdown: our row (``name``), then the references marked "(paper)"; cells ``PSNR/SSIM``."""
-    labels = [*report['columns'], 'average']
-    header = '| method | ' + ' | '.join(labels) + ' |\n' + '|---' * (len(labels) + 1) + '|\n'
-    ours = [format_cell([report['columns'][c][m] for m in report['metrics']]) for c in report['columns']]
-    ours.append(format_cell([report['average'][m] for m in report['metrics']]))
-    rows = [f'| {name} | ' + ' | '.join(ours) + ' |']
-    for method, cells in report['references'].items():
-        rows.append(f'| {method} (paper) | ' + ' | '.join(str(cells.get(c, '-')) for c in labels) + ' |')
-    return header + '\n'.join(rows) + '\n\n' + f"cells: {'/'.join(report['metrics'])}; average: the unweighted " \
-        'mean of the columns\n'
+    metrics = report['metrics']
+    cells = [[report['columns'][c][m] for m in metrics] for c in report['columns']]
+    cells.append([report['average'][m] for m in metrics])
+    return _summary_rows(list(report['columns']), {name: cells}, report['references']) + \
+        f"\ncells: {'/'.join(metrics)}; average: the unweighted mean of the columns\n"
 
 
-def write_summary(root: str | Path, report: dict, name: str) -> str:
-    """``metrics_summary.{md,json,csv}`` in ``root``; returns the Markdown table."""
+def write_summary(root: str | Path, report: dict, table: str) -> None:
+    """``metrics_summary.{md,json,csv}`` in ``root``: ``table`` (``summary_table``'s) and the report."""
     root = Path(root)
-    table = summary_table(report, name)
     with atomic_open(root / f'metrics_{SUMMARY_NAME}.md', 'w') as f:
         f.write(table)
     with atomic_open(root / f'metrics_{SUMMARY_NAME}.json', 'w') as f:
@@ -106,7 +111,6 @@ def write_summary(root: str | Path, report: dict, name: str) -> str:
     rows.append({'column': 'average', 'set_or_task': '', 'images': sum(c['images'] for c in report['columns'].values()),
                  **report['average']})
     write_metric_csv(root / f'metrics_{SUMMARY_NAME}.csv', rows)
-    return table
 
 
 def mean_table(rows: dict[str, dict[str, float]], first_column: str = 'set') -> str:
@@ -243,14 +247,9 @@ def _compare_summaries(reports: list[dict], names: list[str]) -> str:
     then the first report's published references."""
     labels = [c for c in reports[0]['columns'] if all(c in r['columns'] for r in reports[1:])]
     metrics = [m for m in reports[0]['metrics'] if all(m in r['metrics'] for r in reports[1:])]
-    header = '| method | ' + ' | '.join([*labels, 'average']) + ' |\n' + '|---' * (len(labels) + 2) + '|\n'
-    rows = []
+    rows = {}
     for name, report in zip(names, reports, strict=True):
         cells = [[report['columns'][c][m] for m in metrics] for c in labels]
-        average = [float(np.mean([cell[i] for cell in cells])) for i in range(len(metrics))]
-        rows.append(f'| {name} | ' + ' | '.join(format_cell(c) for c in [*cells, average]) + ' |')
-    for method, cells in reports[0].get('references', {}).items():
-        rows.append(f'| {method} (paper) | ' + ' | '.join(str(cells.get(c, '-')) for c in [*labels, 'average'])
-                    + ' |')
+        rows[name] = [*cells, [float(np.mean([cell[i] for cell in cells])) for i in range(len(metrics))]]
     return (f'### all-in-one summary ({"/".join(metrics)}; average: the unweighted mean of these columns)\n\n'
-            + header + '\n'.join(rows) + '\n')
+            + _summary_rows(labels, rows, reports[0].get('references', {})))

@@ -29,9 +29,9 @@ from difflid.reports import (
     write_summary,
 )
 from difflid.utils.checkpoint_io import (
-    CHECKPOINT_FORMATS,
     atomic_open,
     atomic_torch_save,
+    checkpoint_suffix,
     load_network_weights,
     other_format,
     save_checkpoint,
@@ -190,8 +190,8 @@ class RestorationModel(SRModel):
         }
         if net_label == 'net_g':  # lets tools/infer.py rebuild the network from the checkpoint alone
             save_dict['config'] = self.checkpoint_config()
-        suffix = CHECKPOINT_FORMATS[(self.opt.get('logger') or {}).get('save_checkpoint_format', 'pth')]
-        save_checkpoint(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}{suffix}'))
+        name = f'{net_label}_{label}{checkpoint_suffix(self.opt)}'
+        save_checkpoint(save_dict, osp.join(self.opt['path']['models'], name))
 
     def checkpoint_config(self) -> dict:
         """What a net_g checkpoint records beside its weights: the network options, with relative paths (the prior's
@@ -321,18 +321,14 @@ class RestorationModel(SRModel):
             return None
         report = summary_report(groups, summary_opt)
         name = self.opt['name'] if not self.opt['is_train'] else f"{self.opt['name']} @ {current_iter}"
-        if self.opt['is_train']:
-            table = summary_table(report, name)
-        else:
-            table = write_summary(self.opt['path']['results_root'], report, name) if self._is_master() else ''
+        table = summary_table(report, name)
+        if not self.opt['is_train'] and self.opt.get('rank', 0) == 0:
+            write_summary(self.opt['path']['results_root'], report, table)
         get_root_logger().info('All-in-one summary:\n' + table)
         if tb_logger:
             for metric, value in report['average'].items():
                 tb_logger.add_scalar(f'metrics/summary/average_{metric}', value, current_iter)
         return report
-
-    def _is_master(self) -> bool:
-        return self.opt.get('rank', 0) == 0
 
     def _log_validation_metric_values(self, current_iter, dataset_name: str, tb_logger) -> None:
         """SRModel's lines, plus the inputs' scores (``val.input_metrics``); the best value and its iteration only in

@@ -23,18 +23,23 @@ from torch import nn
 
 from difflid.utils.errors import OptionError
 
-__all__ = ['CHECKPOINT_FORMATS', 'atomic_open', 'atomic_torch_save', 'latest_weights_name', 'load_network_weights',
-           'network_state', 'option_differences', 'other_format', 'package_path', 'read_checkpoint', 'save_checkpoint',
-           'state_dict_problems', 'weights_stamp']
+__all__ = ['CHECKPOINT_FORMATS', 'atomic_open', 'atomic_torch_save', 'checkpoint_suffix', 'latest_weights_name',
+           'load_network_weights', 'network_state', 'option_differences', 'other_format', 'package_path',
+           'read_checkpoint', 'save_checkpoint', 'state_dict_problems', 'weights_stamp']
 
 CHECKPOINT_FORMATS = {'pth': '.pth', 'safetensors': '.safetensors'}  # logger.save_checkpoint_format -> suffix
+CHECKPOINT_GROUPS = 'difflid.groups'  # metadata key: JSON list of the state dicts stored (params, params_ema)
+CHECKPOINT_CONFIG = 'config'  # metadata key: JSON of the checkpoint's config record
+
+
+def checkpoint_suffix(opt: dict) -> str:
+    """The suffix a run's options save its network checkpoints under (``logger.save_checkpoint_format``)."""
+    return CHECKPOINT_FORMATS[(opt.get('logger') or {}).get('save_checkpoint_format', 'pth')]
 
 
 def latest_weights_name(opt: dict, label: str = 'latest') -> str:
-    """``net_g_<label>`` with the suffix a training run's options save it under (``logger.save_checkpoint_format``)."""
-    return f"net_g_{label}{CHECKPOINT_FORMATS[(opt.get('logger') or {}).get('save_checkpoint_format', 'pth')]}"
-CHECKPOINT_GROUPS = 'difflid.groups'  # metadata key: JSON list of the state dicts stored (params, params_ema)
-CHECKPOINT_CONFIG = 'config'  # metadata key: JSON of the checkpoint's config record
+    """``net_g_<label>`` in the format a training run's options save it in."""
+    return f'net_g_{label}{checkpoint_suffix(opt)}'
 
 
 @contextmanager
