@@ -14,7 +14,7 @@ from difflid.utils.checkpoint_io import load_network_weights, read_checkpoint
 from difflid.utils.errors import OptionError
 from difflid.utils.options import is_training_options, resolve_option_file, training_to_test_options
 from difflid.utils.padding import pad_to_multiple
-from difflid.utils.paths import locate_paths
+from difflid.utils.paths import SHIPPED_ROOT, locate_paths
 from difflid.utils.precision import DTYPES, autocast
 from difflid.utils.tiling import check_tiling, tiled_apply
 
@@ -124,8 +124,8 @@ class Restorer:
                 opt = training_to_test_options(opt, root)
             if 'network_g' not in opt:
                 raise KeyError(f'{path} has no network_g block')
-            prior = locate(opt.get('network_prior'), 'network_prior', [Path.cwd(), root])
-            opt_path = locate(opt.get('path'), 'path', [Path.cwd(), root]) or {}
+            prior = locate(opt.get('network_prior'), 'network_prior', [Path.cwd(), root, SHIPPED_ROOT])
+            opt_path = locate(opt.get('path'), 'path', [Path.cwd(), root, SHIPPED_ROOT]) or {}
             val = opt.get('val') or {}
             from_file = {k: val[k] for k in ('tile', 'tile_overlap') if val.get(k) is not None and k not in given}
             if from_file:  # an error names the option file, not a flag the user never gave
@@ -145,7 +145,8 @@ class Restorer:
                              'tools/sample_prior.py')
         experiment = path.resolve().parent.parent  # basicsr saves to <project>/experiments/<name>/models/
         project = [experiment.parent.parent] if experiment.parent.name == 'experiments' else []
-        prior = locate(config.get('network_prior'), 'network_prior', [Path.cwd(), experiment, *project, root])
+        prior = locate(config.get('network_prior'), 'network_prior',
+                       [Path.cwd(), experiment, *project, root, SHIPPED_ROOT])
         return build(config['network_g'], prior, path, 'params_ema' if 'params_ema' in state else 'params', **given)
 
     @torch.no_grad()

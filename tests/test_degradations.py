@@ -132,3 +132,64 @@ def test_precomputed_prior_features_are_refused_for_on_the_fly_degradations():
            'datasets': {'train': {**_degraded_options(phase='train', gt_size=32), 'dataroot_gt': 'x'}}}
     with pytest.raises(OptionError, match='degrades its images on the fly'):
         store_plans(opt)
+
+
+def test_haze_defaults_draw_beta_airlight_then_the_4x4_lattice_of_a_vertical_ramp():
+    """The documented draw order and depth formula, recomputed by hand: the wide-haze options must not change the
+    images of existing option files (their defaults draw nothing)."""
+    import cv2
+
+    params = HazeDegradation().sample_parameters(np.random.default_rng(7), 40, 56)
+    rng = np.random.default_rng(7)
+    beta, airlight, lattice = rng.uniform(0.6, 1.8), rng.uniform(0.7, 1.0), rng.random((4, 4)).astype(np.float32)
+    ramp = np.linspace(1.0, 0.0, 40, dtype=np.float32)[:, None].repeat(56, axis=1)
+    depth = 0.6 * ramp + 0.4 * cv2.resize(lattice, (56, 40), interpolation=cv2.INTER_CUBIC)
+    depth = (depth - depth.min()) / (depth - depth.min()).max()
+    assert params['beta'] == beta and params['airlight'] == airlight
+    np.testing.assert_allclose(params['depth'], depth, atol=1e-6)
+
+
+@pytest.mark.parametrize('angle, far', [(0.0, 'top'), (90.0, 'right'), (-90.0, 'left')])
+def test_haze_ramp_angle_turns_the_far_side(angle, far):
+    haze = HazeDegradation(ramp_weight_range=(1.0, 1.0), ramp_angle_range=(angle, angle))
+    depth = haze.sample_parameters(np.random.default_rng(0), 30, 50)['depth']  # the ramp alone: no bumps
+    edges = {'top': depth[0], 'bottom': depth[-1], 'left': depth[:, 0], 'right': depth[:, -1]}
+    near = {'top': 'bottom', 'right': 'left', 'left': 'right'}[far]
+    np.testing.assert_allclose(edges[far], 1.0, atol=1e-6)
+    np.testing.assert_allclose(edges[near], 0.0, atol=1e-6)
+
+
+def test_haze_airlight_tint_gives_each_channel_its_own_airlight_within_the_tint():
+    haze = HazeDegradation(beta_range=(2.0, 2.0), airlight_range=(0.8, 0.8), airlight_tint=0.1)
+    grey = np.full((32, 32, 3), 0.3, np.float32)
+    tints = []
+    for seed in range(20):
+        params = haze.sample_parameters(np.random.default_rng(seed), 32, 32)
+        t = np.exp(-2.0 * params['depth'])[..., None]
+        hazy = haze.apply(grey, params)
+        recovered = ((hazy - grey * t) / (1 - t))[t[..., 0] < 0.5].mean(0)  # A_c, from the model's formula
+        np.testing.assert_allclose(recovered, params['airlight'], atol=1e-4)
+        tints.append(np.asarray(params['airlight']) - 0.8)
+    tints = np.asarray(tints)
+    assert np.abs(tints).max() <= 0.1 + 1e-9 and tints.std(0).min() > 0.03  # drawn per channel, not grey
+
+
+def test_haze_depth_grid_range_draws_lattices_of_several_sizes():
+    """Count the turns of the middle row of a bumps-only depth (ramp weight 0): a fixed 2x2 lattice gives 2 (bicubic
+    overshoot at the edges), a fixed 4x4 at most 5 and a fixed 8x8 at least 4 on these seeds; [2, 8] gives both."""
+    haze = HazeDegradation(depth_grid=[2, 8], ramp_weight_range=(0.0, 0.0))
+    busy = []
+    for seed in range(30):
+        row = haze.sample_parameters(np.random.default_rng(seed), 64, 256)['depth'][32]
+        slope = np.sign(np.diff(row))
+        busy.append(int((slope[1:] != slope[:-1]).sum()))
+    assert min(busy) == 2 and max(busy) >= 6
+
+
+@pytest.mark.parametrize('options, key', [({'depth_grid': [8, 2]}, 'depth_grid'), ({'depth_grid': 1}, 'depth_grid'),
+                                          ({'airlight_tint': 0.7}, 'airlight_tint'),
+                                          ({'ramp_weight_range': [0.5, 1.5]}, 'ramp_weight_range'),
+                                          ({'ramp_angle_range': [0, 270]}, 'ramp_angle_range')])
+def test_haze_wide_options_are_checked(options, key):
+    with pytest.raises(ValueError, match=rf'HazeDegradation.{key}'):
+        build_degradation({'type': 'HazeDegradation', **options})

@@ -140,7 +140,7 @@ TRAIN_FILES = sorted(p.stem for p in (REPO_ROOT / 'options').glob('*.yml')
 
 
 def _epoch_schedule(text: str) -> dict[str, list[int]]:
-    """The file's ``# epochs: total=.. milestones=a,b val_every=.. checkpoint_every=..`` line."""
+    """The file's ``# epochs: total=.. milestones=a,b (or periods=..) val_every=.. checkpoint_every=..`` line."""
     line = re.search(r'^# epochs: (.*)$', text, re.MULTILINE)
     assert line, 'a training option file states its schedule in epochs on a "# epochs: ..." line'
     return {key: [int(v) for v in value.split(',')] for key, value in (f.split('=') for f in line.group(1).split())}
@@ -162,6 +162,8 @@ def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
         if any(m.get('source') != 'bundled' for m in train_set['members']):
             pytest.skip('a mix of published sets: tests/test_allinone_options.py checks its epochs')
         stand_in = {**train_set, 'phase': 'train', 'scale': 1}  # bundled photos: the real set
+    elif train_set.get('source') == 'bundled':
+        stand_in = {**train_set, 'phase': 'train', 'scale': 1}
     elif train_set['type'] == 'SyntheticHazeDataset':
         size = len(train_set['images']) * train_set['hazy_per_image']
     else:
@@ -177,7 +179,10 @@ def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
     loader = create_train_val_loaders(run, get_root_logger()).loader
     per_epoch, epochs = len(loader), _epoch_schedule(text)
     assert opt['train']['total_iter'] == epochs['total'][0] * per_epoch
-    assert opt['train']['scheduler']['milestones'] == [m * per_epoch for m in epochs['milestones']]
+    for key in ('milestones', 'periods'):  # MultiStepLR's steps or CosineAnnealingRestartLR's periods
+        if key in epochs:
+            assert opt['train']['scheduler'][key] == [m * per_epoch for m in epochs[key]]
+    assert {'milestones', 'periods'} & set(epochs)
     assert opt['val']['val_freq'] == epochs['val_every'][0] * per_epoch
     assert opt['logger']['save_checkpoint_freq'] == epochs['checkpoint_every'][0] * per_epoch
     assert f'{per_epoch} iterations per epoch' in text and f"{opt['train']['total_iter']:,} iterations" in text

@@ -12,13 +12,21 @@ import numpy as np
 __all__ = ['random_smooth_depth', 'synthesize_haze']
 
 
-def random_smooth_depth(height: int, width: int, rng: np.random.Generator, grid: int = 4) -> np.ndarray:
-    """A smooth random depth map (H, W) float32 in [0, 1]: a vertical ramp (far at the top, as in most
-    photos) plus low-frequency noise from a ``grid``×``grid`` lattice upsampled bicubically."""
-    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(width, axis=1)
+def random_smooth_depth(height: int, width: int, rng: np.random.Generator, grid: int = 4, ramp_weight: float = 0.6,
+                        ramp_angle: float = 0.0) -> np.ndarray:
+    """A smooth random depth map (H, W) float32 in [0, 1]: a linear ramp (far at the top when ``ramp_angle`` is 0,
+    as in most photos; the angle in degrees turns the far side towards the right) weighted ``ramp_weight``, plus
+    low-frequency noise from a ``grid``×``grid`` lattice upsampled bicubically, weighted 1 − ``ramp_weight``."""
+    rows = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None]
+    ramp = rows.repeat(width, axis=1)
+    if ramp_angle:
+        angle = np.deg2rad(ramp_angle)
+        cols = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
+        ramp = np.float32(np.cos(angle)) * rows + np.float32(np.sin(angle)) * cols
+        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
     lattice = rng.random((grid, grid)).astype(np.float32)
     bumps = cv2.resize(lattice, (width, height), interpolation=cv2.INTER_CUBIC)
-    depth = 0.6 * ramp + 0.4 * bumps
+    depth = ramp_weight * ramp + (1 - ramp_weight) * bumps
     depth -= depth.min()
     return depth / max(float(depth.max()), 1e-6)
 

@@ -31,7 +31,7 @@ from difflid.models.base_restoration import RestorationModel
 from difflid.utils.errors import OptionError, data_parallel_message
 from difflid.utils.option_schema import load_raw_options, plan_summary, validate_options
 from difflid.utils.options import is_training_options, training_to_test_options
-from difflid.utils.paths import locate_dataset_paths, locate_paths
+from difflid.utils.paths import SHIPPED_ROOT, locate_dataset_paths, locate_paths
 
 __all__ = ['RunOptions', 'StartupLog', 'begin', 'derive_options', 'init_dist', 'load_resume_state', 'parse_arguments',
            'prepare_folders', 'prepare_options', 'resume_command', 'startup_errors', 'translate_options']
@@ -77,10 +77,11 @@ def prepare_options(argv: list[str], root: str | Path, is_train: bool) -> RunOpt
     notes = [f'option warning: {w}' for w in validate_options(raw, is_train, args.opt)]
     opt = derive_options(raw, args, root, is_train)
     notes += locate_dataset_paths(opt, [Path.cwd(), Path(root)])
-    # weights named relative to the project (experiments/<run>/models/..., where tools/train.py writes them) are
-    # found from another working directory too; a file found nowhere is left for the loader's own error
+    # weights named relative to the project (experiments/<run>/models/..., where tools/train.py writes them) or
+    # shipped with difflid (difflid/weights/...) are found from another working directory too; a file found nowhere
+    # is left for the loader's own error
     weights = {k: v for k, v in (opt.get('path') or {}).items() if k.startswith('pretrain_network_') and v}
-    opt.setdefault('path', {}).update(locate_paths(weights, 'path', [Path.cwd(), Path(root)])[0])
+    opt.setdefault('path', {}).update(locate_paths(weights, 'path', [Path.cwd(), Path(root), SHIPPED_ROOT])[0])
     check_dataset_files(opt)
     return RunOptions(raw, opt, args, notes)
 

@@ -12,7 +12,8 @@ from basicsr.utils.registry import DATASET_REGISTRY
 
 from difflid.utils.errors import OptionError
 
-__all__ = ['absolute_paths', 'is_dataset_path_key', 'is_path_key', 'locate_dataset_paths', 'locate_paths']
+__all__ = ['SHIPPED_ROOT', 'absolute_paths', 'is_dataset_path_key', 'is_path_key', 'locate_dataset_paths',
+           'locate_paths']
 
 
 def is_path_key(key: str) -> bool:
@@ -23,12 +24,25 @@ def is_path_key(key: str) -> bool:
         ('_checkpoint', '_path', '_file', '_dir'))
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # difflid/: files shipped in it are found from anywhere
+# where a shipped file's ``difflid/...`` path resolves: the checkout, or site-packages (a search folder of last resort)
+SHIPPED_ROOT = PACKAGE_DIR.parent
+
+
 def absolute_paths(block: dict, base: str | Path) -> dict:
-    """A copy of an option block with each relative path value resolved against ``base`` (where it was read)."""
+    """A copy of an option block with each relative path value resolved against ``base`` (where it was read).
+
+    A file shipped inside the difflid package (``difflid/weights/...``) keeps the form ``difflid/...``: the loaders
+    find it from any directory and in any install, where an absolute path would name this machine's checkout (and
+    a model shipped with difflid would carry it)."""
     out = dict(block)
     for key, value in block.items():
         if is_path_key(key) and isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            out[key] = str((Path(base) / value).resolve())
+            resolved = (Path(base) / value).resolve()
+            if not resolved.exists() and (SHIPPED_ROOT / value).exists():  # read from the package (package_path)
+                resolved = (SHIPPED_ROOT / value).resolve()
+            shipped = resolved.is_relative_to(PACKAGE_DIR)
+            out[key] = str(resolved.relative_to(PACKAGE_DIR.parent) if shipped else resolved)
     return out
 
 
