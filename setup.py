@@ -47,11 +47,11 @@ setup(
                     'iqa': ['pyiqa>=0.1.13'],  # optional no-reference metrics (BRISQUE, MUSIQ, ...): pyiqa_metric
                     'onnx': ['onnx>=1.23', 'onnxscript>=0.7'],
                     'onnxruntime': ['onnxruntime>=1.32', 'pillow'],
-                    'demo': ['gradio>=5'],  # tools/demo_app.py: the browser demo
+                    'demo': ['gradio>=6'],  # tools/demo_app.py: the browser demo
                     'dev': ['pytest', 'ruff', 'import-linter', 'guided-diffusion-sdk==1.0.0', 'diffusers>=0.30',
                             'onnx>=1.23',
                             'onnxscript>=0.7', 'onnxruntime>=1.32',
-                            'gradio>=5', 'selenium>=4']},  # the demo and its browser test (headless Chromium)
+                            'gradio>=6', 'selenium>=4']},  # the demo and its browser test (headless Chromium)
     classifiers=[
         'Programming Language :: Python :: 3',
         'License :: OSI Approved :: MIT License',
