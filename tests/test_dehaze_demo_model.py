@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from difflid.data.bundled_photos import HELD_OUT_PHOTOS
+from difflid.data.bundled_photos import HELD_OUT_PHOTOS, bundled_photo
 from difflid.inference import Restorer
 from difflid.utils.checkpoint_io import read_checkpoint
 from difflid.utils.option_schema import load_raw_options
@@ -66,8 +66,6 @@ def test_the_test_sets_are_the_held_out_photos_with_the_training_haze():
 
 def _psnr_of_saved_images(folder) -> float:
     """Mean PSNR of the saved restored images against the clean held-out photos, by scikit-image (not basicsr)."""
-    from difflid.data.bundled_photos import bundled_photo
-
     values = []
     for name in HELD_OUT_PHOTOS:
         restored = cv2.imread(str(next(folder.glob(f'{name}*.png'))))

@@ -158,12 +158,10 @@ def test_iterations_are_the_epoch_schedule_on_basicsrs_loader(tmp_path, name):
     opt = yaml.safe_load(resolve_option_file(REPO_ROOT / 'options' / f'{name}.yml').read_text())
     train_set = opt['datasets']['train']
     stand_in = None
-    if train_set['type'] == 'MixedTaskDataset':
-        if any(m.get('source') != 'bundled' for m in train_set['members']):
-            pytest.skip('a mix of published sets: tests/test_allinone_options.py checks its epochs')
+    if train_set['type'] == 'MixedTaskDataset' and any(m.get('source') != 'bundled' for m in train_set['members']):
+        pytest.skip('a mix of published sets: tests/test_allinone_options.py checks its epochs')
+    if train_set['type'] == 'MixedTaskDataset' or train_set.get('source') == 'bundled':
         stand_in = {**train_set, 'phase': 'train', 'scale': 1}  # bundled photos: the real set
-    elif train_set.get('source') == 'bundled':
-        stand_in = {**train_set, 'phase': 'train', 'scale': 1}
     elif train_set['type'] == 'SyntheticHazeDataset':
         size = len(train_set['images']) * train_set['hazy_per_image']
     else:

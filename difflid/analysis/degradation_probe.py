@@ -54,6 +54,7 @@ from difflid.analysis.probe import (
     image_scores,
     nn_chance,
     nn_hits,
+    run_record,
     scene_resamples,
     score_panel,
     score_table_lines,
@@ -301,11 +302,7 @@ def run_degradation_probe(opt: dict, root: str | Path, device: str | None = None
                          f"{len(data.names)} scenes (clean images, with replacement, seed {cfg['seed']}); per-image "
                          'outcomes are kept, not refitted; prior − control is paired (the same resampled scenes)',
             **verdict_statistics(cfg['bootstrap_samples'], len(controls))},
-        'probe': cfg, 'device': str(dev),
-        'wall_s': time.perf_counter() - start, 'feature_s': feature_s,
-        'features_computed': sum(computed.values()),
-        'features_cached': len(features) * len(cfg['timesteps']) - sum(computed.values()),
-        'records': records,
+        **run_record(cfg, dev, start, feature_s, computed, len(features), records),
     }
     write_degradation_reports(out_dir, summary)
     return summary

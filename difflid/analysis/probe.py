@@ -994,6 +994,18 @@ def verdict_statistics(samples: int, draws: int) -> dict:
             'samples': samples, 'control_draws': draws}
 
 
+def run_record(cfg: dict, device: torch.device, start: float, feature_s: float, computed: dict[str, int],
+               sources: int, records: list[dict]) -> dict:
+    """The part of a probe's summary that says how the run went (both probes' ``probe.json``): its options, device,
+    times, the timesteps of features computed and read from the cache (``sources`` × timesteps in all;
+    ``computed`` as ``all_features`` counts them) and the per-t records."""
+    return {'probe': cfg, 'device': str(device),
+            'wall_s': time.perf_counter() - start, 'feature_s': feature_s,
+            'features_computed': sum(computed.values()),
+            'features_cached': sources * len(cfg['timesteps']) - sum(computed.values()),
+            'records': records}
+
+
 def score_table_lines(title: str, metric: str, records: list[dict], draws: int) -> list[str]:
     """One score's Markdown section of probe.md: per t, the prior, the control draws, pixels, prior − control
     and the verdict (``records``: one per t, with ``scores[metric]``)."""
@@ -1163,11 +1175,7 @@ def run_probe(opt: dict, root: str | Path, device: str | None = None) -> dict:
                          'refitted; prior − control is paired (the same resampled scenes)',
             **verdict_statistics(cfg['bootstrap_samples'], len(controls))},
         'hazy_input': {'psnr': hazy_psnr, 'ssim': hazy_ssim},
-        'probe': cfg, 'device': str(dev),
-        'wall_s': time.perf_counter() - start, 'feature_s': feature_s,
-        'features_computed': sum(computed.values()),
-        'features_cached': len(features) * len(cfg['timesteps']) - sum(computed.values()),
-        'records': records,
+        **run_record(cfg, dev, start, feature_s, computed, len(features), records),
     }
     write_reports(out_dir, summary)
     return summary
