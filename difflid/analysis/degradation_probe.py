@@ -51,6 +51,7 @@ from difflid.analysis.probe import (
     build_probe_dataset,
     fit_image,
     flatten,
+    grouped_folds,
     image_scores,
     nn_chance,
     nn_hits,
@@ -140,16 +141,11 @@ def degradation_predictions(x: np.ndarray, label: np.ndarray, groups: np.ndarray
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.preprocessing import StandardScaler
 
     label, groups = np.asarray(label), np.asarray(groups)
-    splits = min(folds, len(np.unique(groups)))
-    if splits < 2:
-        raise ValueError(f'degradation_separability needs at least 2 scenes, got {len(np.unique(groups))}')
     predicted = np.empty_like(label)
-    cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
-    for train, test in cv.split(x, label, groups):
+    for train, test in grouped_folds(x, label, groups, folds, seed, 'degradation_separability'):
         scaler = StandardScaler().fit(x[train])
         z_train, z_test = scaler.transform(x[train]), scaler.transform(x[test])
         basis = np.linalg.svd(z_train, full_matrices=False)[2]  # (n_train, D), orthonormal rows

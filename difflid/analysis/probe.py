@@ -88,9 +88,10 @@ from difflid.utils.precision import resolve_dtype
 
 __all__ = ['METRICS', 'PROBE_DEFAULTS', 'SOURCES', 'FeatureDecoder', 'PerImage', 'PixelSpace', 'ProbeData',
            'ProbeOptionError', 'all_features', 'check_probe_options', 'extract_features', 'feature_key',
-           'haze_predictions', 'haze_separability', 'image_origins', 'load_probe_options', 'nn_accuracy', 'nn_chance',
-           'nn_hits', 'probe_code_digest', 'run_probe', 'scene_resamples', 'score_panel', 'select_pairs', 'standardize',
-           'summarise_scores', 'train_decoder', 'tsne_embedding', 'verdict']
+           'grouped_folds', 'haze_predictions', 'haze_separability', 'image_origins', 'load_probe_options',
+           'nn_accuracy', 'nn_chance', 'nn_hits', 'probe_code_digest', 'run_probe', 'run_record', 'scene_resamples',
+           'score_panel', 'select_pairs', 'standardize', 'summarise_scores', 'train_decoder', 'tsne_embedding',
+           'verdict']
 
 SOURCES = ('prior', 'control', 'pixels')
 METRICS = ('content_separability', 'haze_separability', 'haze_nn', 'decoder_psnr_hazy', 'decoder_psnr_clear',
@@ -590,23 +591,31 @@ def nn_chance(labels: np.ndarray) -> float:
     return float(np.mean((counts[inverse] - 1) / (len(labels) - 1)))
 
 
+def grouped_folds(x: np.ndarray, label: np.ndarray, groups: np.ndarray, folds: int, seed: int,
+                  caller: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, test) indices of a stratified k-fold grouped by scene (a scene is never in both), with one fold per
+    scene when there are fewer scenes than ``folds``; a ValueError naming ``caller`` below 2 scenes."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    scenes = len(np.unique(groups))
+    splits = min(folds, scenes)
+    if splits < 2:
+        raise ValueError(f'{caller} needs at least 2 scenes, got {scenes}')
+    return list(StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed).split(x, label, groups))
+
+
 def haze_predictions(x: np.ndarray, is_hazy: np.ndarray, groups: np.ndarray, folds: int = 4, seed: int = 0,
                      c: float = 1.0) -> np.ndarray:
     """Out-of-fold hazy/clear prediction of every image by a linear probe (standardise, L2 logistic regression with
     balanced class weights), over a stratified k-fold grouped by scene (a scene is never in both folds)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     is_hazy, groups = np.asarray(is_hazy), np.asarray(groups)
-    splits = min(folds, len(np.unique(groups)))
-    if splits < 2:
-        raise ValueError(f'haze_separability needs at least 2 scenes, got {len(np.unique(groups))}')
     predicted = np.empty_like(is_hazy)
-    cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
-    for train, test in cv.split(x, is_hazy, groups):
+    for train, test in grouped_folds(x, is_hazy, groups, folds, seed, 'haze_separability'):
         # liblinear's dual solver: fast when there are far more dimensions than images (flattened features)
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, solver='liblinear', dual=x.shape[1] > len(x),
                                                                    max_iter=5000, class_weight='balanced'))
